@@ -1,0 +1,271 @@
+"""The engine interface: what the server and the app may rely on.
+
+An engine turns a :class:`GenerationRequest` into a :class:`GenerationStream`, an
+async iterator of :class:`Delta` values followed by one :class:`Result`. The interface
+knows nothing of HTTP or WebSocket, so an in-process model, a fake, or (later) a pool
+of upstream servers can all implement it.
+
+Threading contract: every method here is called on the event loop's thread. An
+engine that works in another thread hands results back with
+``loop.call_soon_threadsafe`` (one hop per decode step, not per token).
+
+Backpressure contract: a stream buffers at most ``buffer_tokens`` tokens that its
+consumer has not read yet. While the buffer is full the engine skips that stream
+(it does not decode for it) and every other stream carries on. Reading from the
+stream drains the buffer; when several deltas are waiting, ``__anext__`` returns
+them merged into one, so a slow consumer gets fewer, larger deltas.
+
+Cancellation contract: :meth:`GenerationStream.cancel` is idempotent and never
+blocks. The engine stops work for the stream before its next step and frees the
+slot; the stream then ends with ``finish_reason == FinishReason.CANCELLED``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class FinishReason(enum.StrEnum):
+    """Why a stream ended. The first two are OpenAI's values."""
+
+    STOP = "stop"  #: end-of-generation token or a stop string
+    LENGTH = "length"  #: max_tokens reached, or the context is full
+    CANCELLED = "cancelled"  #: the consumer (or shutdown) cancelled it
+    ERROR = "error"  #: the engine failed; see :attr:`Result.error`
+
+
+class EngineState(enum.StrEnum):
+    """Lifecycle of an engine: loading -> ready -> stopped (or failed)."""
+
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of a chat; ``role`` is system, user, assistant or tool."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What to generate and how to sample it.
+
+    Exactly one of ``messages`` (rendered with the model's chat template) and
+    ``prompt`` (used verbatim) is set. ``max_tokens=None`` means until the end of
+    generation or the slot's context is full.
+    """
+
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  #: 0 disables top-k
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("set exactly one of messages and prompt")
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """New text of a stream and the number of tokens it came from."""
+
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts in OpenAI's sense."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Where the time of one stream went, in seconds."""
+
+    queued: float = 0.0  #: submit -> slot assigned
+    prompt: float = 0.0  #: slot assigned -> first token sampled
+    generation: float = 0.0  #: first token -> end
+    cancel_latency: float | None = None  #: cancel() -> slot freed, when cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How a stream ended."""
+
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings = field(default_factory=Timings)
+    error: str | None = None
+
+
+class EngineError(Exception):
+    """Base of the errors :meth:`Engine.submit` raises before any work starts."""
+
+    #: Suggested HTTP status for the app to answer with.
+    status: int = 500
+    #: OpenAI-style error type and code.
+    type: str = "server_error"
+    code: str | None = None
+
+
+class InvalidRequest(EngineError):
+    """The request cannot be served (e.g. the prompt is longer than the context)."""
+
+    status = 400
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Overloaded(EngineError):
+    """Every slot is busy and the wait queue is full; retry after ``retry_after`` s."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"server overloaded, retry after {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+class NotReady(EngineError):
+    """The engine is still loading, has failed, or is stopped."""
+
+    status = 503
+    type = "server_error"
+    code = "not_ready"
+
+
+class GenerationStream(abc.ABC):
+    """The consumer's end of one generation.
+
+    ``async for delta in stream`` yields text as it is generated; when iteration
+    ends, :attr:`result` is set. An engine failure ends iteration too, with
+    ``result.finish_reason == FinishReason.ERROR``; it never raises from the
+    iterator. :meth:`cancel` may be called at any time, also after the end.
+    """
+
+    id: int
+    #: Tokens of the rendered prompt (known at submit).
+    prompt_tokens: int
+
+    @property
+    @abc.abstractmethod
+    def result(self) -> Result | None:
+        """The outcome, once the stream has ended; ``None`` before."""
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Stop generating; idempotent, never blocks."""
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[Delta]: ...
+
+    @abc.abstractmethod
+    async def wait_result(self) -> Result:
+        """Wait for the end without reading (draining and discarding the text)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    """A snapshot of an engine's counters; the app exports them as metrics."""
+
+    state: EngineState
+    slots: int
+    busy_slots: int
+    active_streams: int
+    queued_streams: int
+    paused_streams: int
+    prompt_tokens_total: int
+    completion_tokens_total: int
+    decode_steps_total: int
+    decode_seconds_total: float
+    batch_tokens_total: int  #: sum of tokens over all decode calls
+    cancelled_total: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(abc.ABC):
+    """A source of generation streams."""
+
+    #: Name reported by ``/v1/models`` and in responses.
+    model_name: str
+
+    @property
+    @abc.abstractmethod
+    def state(self) -> EngineState: ...
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the model (without blocking the loop); state becomes READY or FAILED."""
+
+    @abc.abstractmethod
+    def submit(self, request: GenerationRequest) -> GenerationStream:
+        """Admit a request or raise an :class:`EngineError` at once.
+
+        Raises :class:`Overloaded` when the wait queue is full, :class:`NotReady`
+        before ``start()`` has finished, :class:`InvalidRequest` for a prompt that
+        does not fit the context or a model without a chat template.
+        """
+
+    @abc.abstractmethod
+    def statistics(self) -> EngineStatistics:
+        """Counters for metrics and health."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Cancel every stream and release the model."""
+
+
+async def collect(stream: GenerationStream) -> tuple[str, Result]:
+    """Read a whole stream; return its text and result (for non-streaming responses)."""
+    parts = [delta.text async for delta in stream]
+    result = stream.result
+    assert result is not None
+    return "".join(parts), result
+
+
+__all__ = [
+    "ChatMessage",
+    "Delta",
+    "Engine",
+    "EngineError",
+    "EngineState",
+    "EngineStatistics",
+    "FinishReason",
+    "GenerationRequest",
+    "GenerationStream",
+    "InvalidRequest",
+    "NotReady",
+    "Overloaded",
+    "Result",
+    "Timings",
+    "Usage",
+]
