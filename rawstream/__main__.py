@@ -1,0 +1,7 @@
+"""``python -m rawstream serve``."""
+
+import sys
+
+from rawstream.cli import main
+
+sys.exit(main())

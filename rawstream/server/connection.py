@@ -1,0 +1,433 @@
+"""One HTTP/1.1 connection: an ``asyncio.Protocol`` that drives h11.
+
+Theory of operation
+-------------------
+The loop calls :class:`HTTPConnection`'s callbacks; the connection feeds received
+bytes to h11 and reacts to the events h11 parses, one request-response cycle at a
+time, like h11's own example server:
+
+1. ``IDLE``: waiting for a request head. A deadline runs: ``--head-timeout`` from
+   accept (so a fresh connection that sends nothing, or trickles a header byte at a
+   time, is closed), ``--keepalive-timeout`` between requests until the next one's
+   first byte arrives, then the head deadline again.
+2. h11 yields a ``Request``: rawstream's own checks run (:mod:`rawstream.sansio.http`),
+   then the handler starts as a task with an :class:`~rawstream.server.exchange.Exchange`.
+   The body (``Data`` events, then ``EndOfMessage``) flows to the exchange as it
+   arrives. Reading continues while the handler runs, so a client that hangs up is
+   noticed at once and its handler cancelled; pipelined requests stay in h11's
+   buffer (h11 answers ``PAUSED``) and reading pauses if they pile up.
+3. When both sides are ``DONE``, ``start_next_cycle()`` returns to ``IDLE`` (keep-alive);
+   ``MUST_CLOSE`` or an error closes the connection.
+4. A WebSocket upgrade leaves h11 in ``SWITCHED_PROTOCOL``; from then on every byte
+   goes to :class:`~rawstream.server.websocket.WebSocket` (wsproto).
+
+Bad input: h11's ``RemoteProtocolError`` carries ``error_status_hint`` (400, 413, 431,
+505, ...); the connection answers that status with ``Connection: close`` and closes.
+The connection is the only place that turns protocol errors into responses.
+
+Disconnect is cancellation: ``connection_lost`` or EOF from the client cancels the
+running handler, so whatever it was producing (a generation) stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from typing import TYPE_CHECKING, cast
+
+import h11
+
+from rawstream.sansio.http import BadRequest, error_body, parse_request, reason
+from rawstream.sansio.upgrade import is_upgrade_request
+from rawstream.server.errors import ConnectionGone, UpgradeRefused
+from rawstream.server.exchange import Exchange
+from rawstream.server.flow import FlowControl, ReadPause
+from rawstream.server.trace import Tracer
+
+if TYPE_CHECKING:
+    from rawstream.server.server import Server
+    from rawstream.server.websocket import WebSocket
+
+log = logging.getLogger("rawstream.server")
+access_log = logging.getLogger("rawstream.access")
+
+
+class ConnState(enum.Enum):
+    """What a connection is doing; the server counts connections by state."""
+
+    IDLE = "idle"  #: waiting for a request head (fresh or keep-alive)
+    ACTIVE = "active"  #: a request is being answered
+    STREAMING = "streaming"  #: an SSE response is open
+    WEBSOCKET = "websocket"  #: upgraded; wsproto owns the bytes
+    CLOSING = "closing"  #: closing or closed
+
+
+class Deadline(enum.Enum):
+    """The one deadline a connection runs at a time, and what happens when it fires."""
+
+    HEAD = "head"  #: request head incomplete: 408 (or silent close if nothing came)
+    KEEPALIVE = "keepalive"  #: idle between requests: close
+    BODY = "body"  #: request body stalled: 408
+    HANDSHAKE = "handshake"  #: WebSocket upgrade not completed: close
+
+
+class HTTPConnection(asyncio.Protocol):
+    """The protocol instance of one TCP connection (see the module docstring)."""
+
+    def __init__(self, server: Server, conn_id: int) -> None:
+        self.server = server
+        self.config = server.config
+        self.id = conn_id
+        self.trace = Tracer(conn_id, server.config.trace)
+        self.state = ConnState.IDLE
+        self.h11: h11.Connection | None = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes
+        )
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
+        self.client: tuple[str, int] | None = None
+        self.exchange: Exchange | None = None
+        self.websocket: WebSocket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_kind: Deadline | None = None
+        self._accepted_at = 0.0
+        self._head_bytes = 0  # bytes of the current request head seen so far
+        self._pipelined = 0  # bytes received after the current request ended
+        self._shutdown_cancel = False  # the handler was cancelled by shutdown
+        self._loop = asyncio.get_running_loop()
+
+    # ------------------------------------------------------------------ callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        self._accepted_at = self._loop.time()
+        peer = transport.get_extra_info("peername")
+        self.client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
+        self.flow = FlowControl(
+            transport,
+            write_high_water=self.config.write_high_water,
+            stall_timeout=self.config.write_stall_timeout,
+            on_stall=self._stalled,
+        )
+        if self.trace.enabled:
+            self.trace.state(f"accepted from {self.client}")
+        if not self.server.register(self):
+            self._send_error(503, "too many connections")
+            return
+        self._set_deadline(Deadline.HEAD, self.config.head_timeout)
+        if self.server.shutting_down:
+            self.begin_shutdown()
+
+    def data_received(self, data: bytes) -> None:
+        if self.websocket is not None:
+            self.websocket.data_received(data)
+            return
+        conn = self.h11
+        if conn is None or self.state is ConnState.CLOSING:
+            return
+        if conn.their_state is h11.IDLE:
+            if self._deadline_kind is Deadline.KEEPALIVE:
+                # First byte of the next request: the head deadline starts now.
+                self._set_deadline(Deadline.HEAD, self.config.head_timeout)
+            self._head_bytes += len(data)
+        elif conn.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL):  # type: ignore[attr-defined]
+            # Pipelined: h11 keeps these bytes until the current response is done.
+            self._pipelined += len(data)
+            if self._pipelined > self.config.read_high_water and self.flow is not None:
+                self.flow.pause_reading(ReadPause.PIPELINE)
+        conn.receive_data(data)
+        self._process_events()
+
+    def eof_received(self) -> bool:
+        if self.websocket is not None:
+            self.websocket.eof_received()
+            return False
+        if self.trace.enabled:
+            self.trace.state("client sent EOF")
+        # A client that half-closes while its response is produced has left:
+        # treat it as a disconnect, so its generation is cancelled now.
+        self._cancel_task()
+        return False  # let the transport close itself
+
+    def pause_writing(self) -> None:
+        assert self.flow is not None
+        self.flow.pause_writing()
+        self.server.paused_writers += 1
+        if self.trace.enabled:
+            self.trace.state("write buffer full: producer paused")
+
+    def resume_writing(self) -> None:
+        assert self.flow is not None
+        self.flow.resume_writing()
+        self.server.paused_writers -= 1
+        if self.trace.enabled:
+            self.trace.state("write buffer drained: producer resumed")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.trace.enabled:
+            self.trace.state(f"connection lost ({exc or 'closed'})")
+        self._set_state(ConnState.CLOSING)
+        self._clear_deadline()
+        if self.flow is not None:
+            if self.flow.write_paused:
+                self.server.paused_writers -= 1
+            self.flow.connection_lost()
+        if self.websocket is not None:
+            self.websocket.connection_lost()
+        if self.exchange is not None:
+            self.exchange.connection_lost()
+        self._cancel_task()
+        self.server.unregister(self)
+
+    # ------------------------------------------------------------------ h11 events
+    def _process_events(self) -> None:
+        conn = self.h11
+        while conn is not None and self.state is not ConnState.CLOSING:
+            before = (conn.their_state, conn.our_state)
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if self.trace.enabled:
+                    self.trace.state(f"h11 RemoteProtocolError: {exc}")
+                self._protocol_error(exc.error_status_hint, str(exc))
+                return
+            if self.trace.enabled:
+                if event is not h11.NEED_DATA and event is not h11.PAUSED:
+                    self.trace.inbound(event)
+                self.trace.h11_states(conn, before)
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._on_request(event)
+            elif isinstance(event, h11.Data):
+                if self.exchange is not None:
+                    self.exchange.feed_body(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                if self.exchange is not None:
+                    self.exchange.feed_end()
+            elif isinstance(event, h11.ConnectionClosed):
+                self.close()
+                return
+
+    def _on_request(self, event: h11.Request) -> None:
+        self._clear_deadline()
+        self._set_state(ConnState.ACTIVE)
+        self._head_bytes = 0
+        try:
+            request = parse_request(event)
+        except BadRequest as exc:
+            self._send_error(exc.status, str(exc))
+            return
+        if self.server.shutting_down:
+            self._send_error(503, "server shutting down", [(b"retry-after", b"1")])
+            return
+        length = next((v for k, v in request.headers if k == b"content-length"), None)
+        if length is not None and int(length) > self.config.max_body_bytes:
+            # RFC 9110 15.5.14: 413 Content Too Large; the body is not read.
+            self._send_error(413, "request body too large")
+            return
+        if is_upgrade_request(request):
+            self._set_deadline(
+                Deadline.HANDSHAKE,
+                max(0.0, self._accepted_at + self.config.ws_handshake_timeout - self._loop.time()),
+            )
+        self.exchange = Exchange(self, request)
+        self._task = self._loop.create_task(self._run(self.exchange))
+
+    async def _run(self, exchange: Exchange) -> None:
+        """Run the handler for one request and end the cycle, whatever happens."""
+        started = time.perf_counter()
+        try:
+            await self.server.handler(exchange)
+        except asyncio.CancelledError:
+            if self._shutdown_cancel and exchange.sse is not None:
+                exchange.sse.end_for_shutdown()
+        except (ConnectionGone, UpgradeRefused):
+            pass
+        except Exception:
+            log.exception("handler failed on %s", exchange.request)
+            if self.websocket is not None:
+                self.websocket.close_nowait(1011, "internal error")
+            elif not exchange.response_started:
+                self._send_error(500, "internal server error")
+            else:
+                self.abort()
+        finally:
+            self._task = None
+            if self.websocket is not None:
+                self.websocket.handler_finished()
+            elif not exchange.response_started and self.state is not ConnState.CLOSING:
+                self._send_error(500, "handler sent no response")
+            if self.config.access_log:
+                exchange.log_access(time.perf_counter() - started)
+        self._finish_cycle()
+
+    def _finish_cycle(self) -> None:
+        conn = self.h11
+        self.exchange = None
+        if conn is None or self.state is ConnState.CLOSING or self.websocket is not None:
+            return
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            if self.server.shutting_down:
+                self.close()
+                return
+            before = (conn.their_state, conn.our_state)
+            conn.start_next_cycle()
+            if self.trace.enabled:
+                self.trace.h11_states(conn, before)
+            self._set_state(ConnState.IDLE)
+            self._pipelined = 0
+            self._set_deadline(Deadline.KEEPALIVE, self.config.keepalive_timeout)
+            if self.flow is not None:
+                self.flow.resume_reading(ReadPause.PIPELINE)
+            self._process_events()  # a pipelined request may be waiting
+        else:
+            # MUST_CLOSE, ERROR, or a body we did not read: end the connection.
+            self.close()
+
+    # ------------------------------------------------------------------ sending
+    def send(self, event: h11.Event) -> int:
+        """Serialise ``event`` with h11 and write it; return the bytes written.
+
+        Raises :class:`ConnectionGone` if the connection is closing.
+        """
+        conn = self.h11
+        if conn is None or self.transport is None or self.transport.is_closing():
+            raise ConnectionGone("connection closed")
+        if self.trace.enabled:
+            self.trace.outbound(event)
+            before = (conn.their_state, conn.our_state)
+        data = conn.send(event)
+        if self.trace.enabled:
+            self.trace.h11_states(conn, before)
+        if data:
+            self.transport.write(data)
+            return len(data)
+        return 0
+
+    def _send_error(
+        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """Answer ``status`` with a short text body and close (if a response can start)."""
+        conn = self.h11
+        if conn is None or self.transport is None or self.transport.is_closing():
+            return
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            self.abort()
+            return
+        body = error_body(status, message)
+        all_headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            *(headers or []),
+        ]
+        try:
+            self.send(h11.Response(status_code=status, headers=all_headers, reason=reason(status)))
+            if self.exchange is None or self.exchange.request.method != "HEAD":
+                self.send(h11.Data(data=body))
+            self.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            self.abort()
+            return
+        if self.exchange is not None:
+            self.exchange.record_response(status, len(body))
+        self.close()
+
+    def _protocol_error(self, status: int, message: str) -> None:
+        self._cancel_task()
+        self._send_error(status, message)
+        self.close()
+
+    # ------------------------------------------------------------------ deadlines
+    def _set_deadline(self, kind: Deadline, delay: float) -> None:
+        self._clear_deadline()
+        self._deadline_kind = kind
+        self._deadline = self._loop.call_later(delay, self._deadline_expired)
+
+    def set_body_deadline(self, waiting: bool) -> None:
+        """Start (or stop) the body deadline while a handler waits for body bytes."""
+        if waiting:
+            self._set_deadline(Deadline.BODY, self.config.body_timeout)
+        elif self._deadline_kind is Deadline.BODY:
+            self._clear_deadline()
+
+    def _clear_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = None
+        self._deadline_kind = None
+
+    def _deadline_expired(self) -> None:
+        kind, self._deadline, self._deadline_kind = self._deadline_kind, None, None
+        if self.trace.enabled:
+            self.trace.state(f"{kind.value if kind else '?'} deadline expired")
+        self.server.count_timeout(kind.value if kind else "unknown")
+        if kind is Deadline.HEAD and self._head_bytes:
+            self._send_error(408, "request head not received in time")
+        elif kind is Deadline.BODY:
+            self._cancel_task()
+            self._send_error(408, "request body not received in time")
+        self.close()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _set_state(self, state: ConnState) -> None:
+        if state is not self.state:
+            if self.trace.enabled:
+                self.trace.state(f"connection {self.state.value}->{state.value}")
+            self.server.state_changed(self.state, state)
+            self.state = state
+
+    def set_streaming(self) -> None:
+        """Called by the exchange when an SSE response starts."""
+        self._set_state(ConnState.STREAMING)
+
+    def upgraded(self, websocket: WebSocket) -> None:
+        """Called by the exchange after the ``101``: wsproto owns the bytes from now."""
+        self._clear_deadline()
+        self.websocket = websocket
+        self.h11 = None  # nothing more to parse as HTTP; free h11's buffers
+        self._set_state(ConnState.WEBSOCKET)
+
+    def _stalled(self) -> None:
+        log.info(
+            "#%d: client read nothing for %.0f s; aborting",
+            self.id,
+            self.config.write_stall_timeout,
+        )
+        self.server.stall_aborts += 1
+        self.abort()
+
+    def _cancel_task(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def begin_shutdown(self) -> None:
+        """Shutdown phase for this connection (see :meth:`Server.shutdown`)."""
+        if self.state is ConnState.IDLE and not self._head_bytes:
+            self.close()  # an idle keep-alive (or fresh) connection
+        elif self.state is ConnState.STREAMING:
+            self._shutdown_cancel = True
+            self._cancel_task()  # _run() writes the final event and ends the stream
+        elif self.state is ConnState.WEBSOCKET and self.websocket is not None:
+            self.websocket.close_nowait(1001, "server shutting down")
+            self._cancel_task()
+        # ACTIVE: the response carries "Connection: close" and the cycle then closes.
+
+    def close(self) -> None:
+        """Close after the write buffer is flushed."""
+        if self.transport is not None and not self.transport.is_closing():
+            if self.trace.enabled:
+                self.trace.state("closing")
+            self.transport.close()
+        self._set_state(ConnState.CLOSING)
+
+    def abort(self) -> None:
+        """Close now, discarding anything not yet written."""
+        if self.transport is not None:
+            self.transport.abort()
+        self._set_state(ConnState.CLOSING)
