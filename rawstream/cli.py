@@ -12,11 +12,12 @@ import dataclasses
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from rawstream import __version__
 from rawstream.config import Config, flag_name, options
+from rawstream.server.server import Server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,19 +92,32 @@ def _new_loop(choice: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(config: Config) -> int:
-    """Serve until SIGINT/SIGTERM; return the exit status."""
+class Runnable(Protocol):
+    """What :func:`run` serves: an object with a server, started and closed."""
+
+    @property
+    def server(self) -> Server: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def run(config: Config, app_factory: Callable[[Config], Runnable] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM (graceful; a second signal aborts); return 0."""
+    if app_factory is None:
+        from rawstream.app import create_app
+
+        app_factory = create_app
     loop = _new_loop(config.loop)
     try:
-        return loop.run_until_complete(_serve(config))
+        return loop.run_until_complete(_serve(config, app_factory))
     finally:
         loop.close()
 
 
-async def _serve(config: Config) -> int:
-    from rawstream.app import create_app
-
-    app = create_app(config)
+async def _serve(config: Config, app_factory: Callable[[Config], Runnable]) -> int:
+    app = app_factory(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, app.server.request_shutdown)
@@ -113,16 +127,24 @@ async def _serve(config: Config) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rawstream`` command."""
-    args = build_parser().parse_args(argv)
-    config = config_from_args(args)
+def setup_logging(config: Config) -> None:
+    """Log to stderr: the banner, the access log, and the trace with ``--trace``."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
     if not config.access_log:
         logging.getLogger("rawstream.access").setLevel(logging.WARNING)
-    return run(config)
 
 
-__all__ = ["build_parser", "config_from_args", "main", "run"]
+def main(
+    argv: Sequence[str] | None = None,
+    app_factory: Callable[[Config], Runnable] | None = None,
+) -> int:
+    """Entry point of the ``rawstream`` command (``app_factory`` serves tests)."""
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    setup_logging(config)
+    return run(config, app_factory)
+
+
+__all__ = ["Runnable", "build_parser", "config_from_args", "main", "run", "setup_logging"]
