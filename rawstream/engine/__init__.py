@@ -18,22 +18,31 @@ from rawstream.engine.base import (
     Usage,
     collect,
 )
+from rawstream.engine.factory import ENGINES, create_engine
+from rawstream.engine.model import ModelNotFoundError, resolve_model
+from rawstream.engine.stream import EngineStream, FlowControl
 
 __all__ = [
+    "ENGINES",
     "ChatMessage",
     "Delta",
     "Engine",
     "EngineError",
     "EngineState",
     "EngineStatistics",
+    "EngineStream",
     "FinishReason",
+    "FlowControl",
     "GenerationRequest",
     "GenerationStream",
     "InvalidRequest",
+    "ModelNotFoundError",
     "NotReady",
     "Overloaded",
     "Result",
     "Timings",
     "Usage",
     "collect",
+    "create_engine",
+    "resolve_model",
 ]

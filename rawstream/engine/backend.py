@@ -1,0 +1,239 @@
+"""A thin, typed wrapper over llama.cpp's C API for one model and one batched context.
+
+This is the only module that calls ``llama_cpp.llama_cpp`` (the ctypes bindings of
+llama-cpp-python). It owns three C objects and frees them in :meth:`LlamaBackend.close`:
+
+- the **model** (weights and vocabulary; read-only once loaded),
+- one **context** with ``n_seq_max = slots`` sequences over a unified KV cache of
+  ``slots * ctx_per_slot`` cells, so every slot can hold ``ctx_per_slot`` tokens,
+- one reusable **batch** (``llama_batch_init``) that each decode step refills.
+
+Thread rules: the context and the batch belong to the scheduler thread alone.
+Tokenising and turning tokens into bytes only read the vocabulary, which llama.cpp
+builds at load time and never changes, so :meth:`tokenize` may also run on the event
+loop's thread (llama.cpp's own server tokenises in its HTTP threads the same way).
+
+Every ctypes call into ``libllama`` releases the GIL while it runs; ``llama_decode``
+is where the time goes, so the event loop keeps running while a step decodes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import llama_cpp._logger
+import llama_cpp.llama_cpp as lib
+
+from rawstream.engine.base import GenerationRequest
+from rawstream.engine.chat import ChatTemplate, NoChatTemplate
+from rawstream.engine.sampling import build_sampler_chain
+
+__all__ = ["LlamaBackend", "llama_cpp_version"]
+
+# llama.cpp logs every tensor at load time; keep errors only.
+llama_cpp._logger.set_verbose(False)
+
+_backend_ready = False
+_backend_lock = threading.Lock()
+
+
+def llama_cpp_version() -> str:
+    """The version of llama-cpp-python in use."""
+    return str(llama_cpp.__version__)
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            lib.llama_backend_init()
+            _backend_ready = True
+
+
+class LlamaBackend:
+    """One loaded model, its batched context, and the reusable batch.
+
+    Build it with :meth:`load`. The batch methods (:meth:`clear`, :meth:`add`,
+    :meth:`decode`, :meth:`sample`) and :meth:`free_sequence` are for the thread
+    that owns the context.
+    """
+
+    def __init__(
+        self, model: Any, ctx: Any, *, slots: int, ctx_per_slot: int, n_batch: int
+    ) -> None:
+        self._model = model
+        self._ctx = ctx
+        self._vocab = lib.llama_model_get_vocab(model)
+        self._memory = lib.llama_get_memory(ctx)
+        self._batch = lib.llama_batch_init(n_batch, 0, 1)
+        self.slots = slots
+        self.ctx_per_slot = ctx_per_slot
+        #: Most tokens one decode step can take.
+        self.n_batch = n_batch
+        self.n_vocab: int = lib.llama_vocab_n_tokens(self._vocab)
+        self.add_bos: bool = bool(lib.llama_vocab_get_add_bos(self._vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._closed = False
+
+    @classmethod
+    def load(
+        cls, path: Path, *, slots: int, ctx_per_slot: int, threads: int, n_batch: int
+    ) -> LlamaBackend:
+        """Load the GGUF file at ``path`` and create a context for ``slots`` streams."""
+        _init_backend()
+        model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+        if not model:
+            raise RuntimeError(f"llama.cpp could not load the model {path}")
+        n_threads = threads if threads > 0 else (os.cpu_count() or 1)
+        params = lib.llama_context_default_params()
+        params.n_ctx = ctx_per_slot * slots
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = slots
+        params.kv_unified = True
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.no_perf = True
+        ctx = lib.llama_init_from_model(model, params)
+        if not ctx:
+            lib.llama_model_free(model)
+            raise RuntimeError(
+                f"llama.cpp could not create a context of {ctx_per_slot} x {slots} tokens"
+            )
+        return cls(model, ctx, slots=slots, ctx_per_slot=ctx_per_slot, n_batch=n_batch)
+
+    # --- vocabulary (any thread) ----------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Tokens of ``text``; special-token text such as ``<|im_start|>`` is parsed."""
+        raw = text.encode("utf-8")
+        capacity = len(raw) + 8
+        arr = (lib.llama_token * capacity)()
+        n = lib.llama_tokenize(self._vocab, raw, len(raw), arr, capacity, add_special, True)
+        if n < 0:  # the buffer was too small; -n is the size needed
+            capacity = -n
+            arr = (lib.llama_token * capacity)()
+            n = lib.llama_tokenize(self._vocab, raw, len(raw), arr, capacity, add_special, True)
+        return list(arr[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token as generated text (special tokens render empty).
+
+        For the owner thread: it caches into, and converts through, shared buffers.
+        """
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = self._piece_buf
+        n = lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        data = buf.raw[:n]
+        self._pieces[token] = data
+        return data
+
+    def is_end_of_generation(self, token: int) -> bool:
+        """Whether ``token`` ends generation (EOS, EOT, ``<|im_end|>``, ...)."""
+        return bool(lib.llama_vocab_is_eog(self._vocab, token))
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        buf = ctypes.create_string_buffer(256)
+        n = lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    def chat_template(self) -> ChatTemplate | NoChatTemplate:
+        """The model's chat template from its GGUF metadata, if it has one."""
+        source = lib.llama_model_chat_template(self._model, None)
+        if not source:
+            return NoChatTemplate()
+        return ChatTemplate(
+            source.decode("utf-8"),
+            bos_token=self._special_text(lib.llama_vocab_bos(self._vocab)),
+            eos_token=self._special_text(lib.llama_vocab_eos(self._vocab)),
+        )
+
+    def description(self) -> str:
+        """llama.cpp's one-line description of the model (architecture, size, type)."""
+        buf = ctypes.create_string_buffer(256)
+        n = lib.llama_model_desc(self._model, buf, len(buf))
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    # --- sampling (owner thread) ------------------------------------------------------
+
+    def new_sampler(self, request: GenerationRequest) -> Any:
+        """A sampler chain for ``request``; give it back with :meth:`free_sampler`."""
+        return build_sampler_chain(lib, request, self.n_vocab)
+
+    def free_sampler(self, chain: Any) -> None:
+        """Free a chain made by :meth:`new_sampler`."""
+        lib.llama_sampler_free(chain)
+
+    def sample(self, chain: Any, index: int) -> int:
+        """Sample (and accept) a token from output ``index`` of the last decode."""
+        return int(lib.llama_sampler_sample(chain, self._ctx, index))
+
+    # --- the batch (owner thread) -------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        """Tokens in the batch being built."""
+        return int(self._batch.n_tokens)
+
+    def clear(self) -> None:
+        """Start a new batch."""
+        self._batch.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append ``token`` at ``pos`` of sequence ``seq``; return its batch index."""
+        b = self._batch
+        i = int(b.n_tokens)
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+        b.n_tokens = i + 1
+        return i
+
+    def add_run(self, tokens: list[int], start_pos: int, seq: int, logits_last: bool) -> int:
+        """Append consecutive ``tokens`` of one sequence; return the last batch index."""
+        b = self._batch
+        i = int(b.n_tokens)
+        token, pos, n_seq_id, seq_id, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        for k, tok in enumerate(tokens):
+            token[i] = tok
+            pos[i] = start_pos + k
+            n_seq_id[i] = 1
+            seq_id[i][0] = seq
+            logits[i] = 0
+            i += 1
+        if logits_last:
+            logits[i - 1] = 1
+        b.n_tokens = i
+        return i - 1
+
+    def decode(self) -> int:
+        """Run the batch through the model; llama.cpp's return code (0: success)."""
+        return int(lib.llama_decode(self._ctx, self._batch))
+
+    def free_sequence(self, seq: int) -> None:
+        """Drop every KV cell of sequence ``seq`` so a new stream can use it."""
+        lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
+
+    def close(self) -> None:
+        """Free the batch, the context and the model; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        lib.llama_batch_free(self._batch)
+        lib.llama_free(self._ctx)
+        lib.llama_model_free(self._model)

@@ -1,0 +1,251 @@
+"""LlamaEngine: a GGUF model in this process, many streams batched on one context.
+
+The engine is the event loop's face of the :class:`~rawstream.engine.scheduler.Scheduler`
+thread. Its work on the loop is small and bounded:
+
+- :meth:`LlamaEngine.submit` renders the chat template, tokenises (cheap, and it
+  lets a too-long prompt fail with :class:`InvalidRequest` before any work), takes a
+  place from :class:`~rawstream.engine.admission.Admission` (or raises
+  :class:`Overloaded`), and puts a :class:`~rawstream.engine.scheduler.Job` in the
+  scheduler's inbox;
+- once per decode step, :meth:`LlamaEngine._apply` receives that step's
+  :class:`~rawstream.engine.scheduler.StepReport` (one ``call_soon_threadsafe``)
+  and pushes text and results into the :class:`~rawstream.engine.stream.EngineStream`
+  objects;
+- a stream's ``cancel()`` and a drained buffer go to the scheduler through its
+  lock-protected inbox and wake the thread if it sleeps.
+
+Configuration (:class:`rawstream.config.Config`): ``parallel`` slots, each with
+``ctx_per_slot`` tokens of context; ``threads`` for llama.cpp; ``max_queue`` waiting
+requests; ``stream_buffer_tokens`` per stream before it is paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+from rawstream.config import Config
+from rawstream.engine.admission import Admission
+from rawstream.engine.base import (
+    Engine,
+    EngineState,
+    EngineStatistics,
+    GenerationRequest,
+    GenerationStream,
+    InvalidRequest,
+    NotReady,
+)
+from rawstream.engine.chat import ChatTemplate, NoChatTemplate
+from rawstream.engine.detok import Detokenizer
+from rawstream.engine.model import DEFAULT_MODEL_FILE, resolve_model
+from rawstream.engine.scheduler import PREFILL_CHUNK, Job, Scheduler, StepReport
+from rawstream.engine.stream import EngineStream
+
+__all__ = ["LlamaEngine"]
+
+
+def _model_name(path: str | None) -> str:
+    name = Path(path).name if path else DEFAULT_MODEL_FILE
+    return name.removesuffix(".gguf")
+
+
+class LlamaEngine(Engine):
+    """Serve a GGUF model with llama.cpp, batching up to ``config.parallel`` streams."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.model_name = _model_name(config.model)
+        self.slots = max(1, config.parallel)
+        self.ctx_per_slot = config.ctx_per_slot
+        #: The GGUF file in use, once :meth:`start` has resolved it.
+        self.model_path: Path | None = None
+        #: Why :meth:`start` failed, when the state is FAILED.
+        self.error: BaseException | None = None
+        self._state = EngineState.LOADING
+        self._admission = Admission(self.slots, config.max_queue)
+        self._ids = itertools.count(1)
+        self._started = False
+        self._scheduler: Scheduler | None = None
+        self._template: ChatTemplate | NoChatTemplate = NoChatTemplate()
+        self._jobs: dict[int, Job] = {}  # by stream id, until the stream ends
+        self._stopped: asyncio.Future[None] | None = None
+        self._closing = False
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    async def start(self) -> None:
+        """Load the model in the scheduler thread; raise if it cannot be loaded.
+
+        The state is LOADING meanwhile, then READY, or FAILED with :attr:`error`
+        set (and the error raised: a missing model raises
+        :class:`~rawstream.engine.model.ModelNotFoundError` with the fix in its
+        message).
+        """
+        if self._started:
+            raise RuntimeError("start() may be called once")
+        self._started = True
+        loop = asyncio.get_running_loop()
+        try:
+            self.model_path = await asyncio.to_thread(resolve_model, self.config.model)
+            # importing llama_cpp loads its shared libraries: do it here, not at import
+            from rawstream.engine.backend import LlamaBackend
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        path = self.model_path
+        ready: asyncio.Future[BaseException | None] = loop.create_future()
+        self._stopped = loop.create_future()
+
+        def load() -> LlamaBackend:
+            return LlamaBackend.load(
+                path,
+                slots=self.slots,
+                ctx_per_slot=self.ctx_per_slot,
+                threads=self.config.threads,
+                n_batch=PREFILL_CHUNK + self.slots,
+            )
+
+        def on_ready(error: BaseException | None) -> None:
+            if not ready.done():
+                ready.set_result(error)
+
+        def on_stopped(error: BaseException | None) -> None:
+            if error is not None and not self._closing:
+                self._fail(error)
+            assert self._stopped is not None
+            if not self._stopped.done():
+                self._stopped.set_result(None)
+
+        self._scheduler = Scheduler(
+            load, loop, on_ready=on_ready, on_report=self._apply, on_stopped=on_stopped
+        )
+        self._scheduler.start()
+        error = await ready
+        if error is not None:
+            self._fail(error)
+            raise error
+        assert self._scheduler.backend is not None
+        try:
+            self._template = self._scheduler.backend.chat_template()
+        except InvalidRequest as exc:  # a template that does not compile
+            self._template = NoChatTemplate()
+            self.error = exc
+        if not self._closing:
+            self._state = EngineState.READY
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        self._state = EngineState.FAILED
+
+    def submit(self, request: GenerationRequest) -> GenerationStream:
+        """Admit ``request``; see :meth:`Engine.submit` for the errors raised."""
+        scheduler = self._scheduler
+        if self._state is not EngineState.READY or scheduler is None:
+            raise NotReady(f"engine is {self._state}")
+        backend = scheduler.backend
+        assert backend is not None
+        if request.max_tokens is not None and request.max_tokens < 1:
+            raise InvalidRequest("max_tokens must be at least 1", code="invalid_max_tokens")
+        if request.messages is not None:
+            text = self._template.render(request.messages)
+        else:
+            assert request.prompt is not None
+            text = request.prompt
+        prompt = backend.tokenize(text, add_special=True)
+        if not prompt:
+            raise InvalidRequest("the prompt is empty", code="empty_prompt")
+        if len(prompt) >= self.ctx_per_slot:
+            raise InvalidRequest(
+                f"the prompt is {len(prompt)} tokens; the context of a stream is "
+                f"{self.ctx_per_slot} tokens, with room for at least one generated token",
+                code="context_length_exceeded",
+            )
+        self._admission.admit()
+        stream = EngineStream(
+            next(self._ids),
+            len(prompt),
+            self.config.stream_buffer_tokens,
+            on_cancel=self._on_cancel,
+            on_drain=self._on_drain,
+        )
+        job = Job(
+            stream=stream,
+            request=request,
+            prompt=prompt,
+            max_tokens=request.max_tokens,
+            submitted_at=time.perf_counter(),
+            detok=Detokenizer(request.stop),
+        )
+        self._jobs[stream.id] = job
+        scheduler.submit(job)
+        return stream
+
+    def _on_cancel(self, stream: EngineStream) -> None:
+        job = self._jobs.get(stream.id)
+        if job is not None and self._scheduler is not None:
+            self._scheduler.cancel(job)
+
+    def _on_drain(self, stream: EngineStream) -> None:
+        if self._scheduler is not None:
+            self._scheduler.wake()
+
+    def _apply(self, report: StepReport) -> None:
+        """Apply one scheduler step to the streams (on the event loop)."""
+        for stream in report.started:
+            stream.mark_started(report.step)
+        for stream, text, tokens in report.texts:
+            stream.push(text, tokens)
+        now = time.perf_counter()
+        for stream, result, step in report.ended:
+            job = self._jobs.pop(stream.id, None)
+            if job is not None:
+                self._admission.release(now - job.submitted_at)
+            stream.finish(result, step)
+
+    def statistics(self) -> EngineStatistics:
+        """Counters of the engine and its scheduler thread."""
+        s = self._scheduler
+        paused = sum(1 for job in self._jobs.values() if job.stream.paused)
+        busy = s.busy_slots if s else 0
+        cancelled = s.cancelled if s else 0
+        extra: dict[str, object] = {
+            "model": self.model_name,
+            "ctx_per_slot": self.ctx_per_slot,
+            "cancel_latency_seconds_total": s.cancel_latency_sum if s else 0.0,
+            "cancel_latency_seconds_max": s.cancel_latency_max if s else 0.0,
+            "decode_errors_total": s.decode_errors if s else 0,
+        }
+        return EngineStatistics(
+            state=self._state,
+            slots=self.slots,
+            busy_slots=busy,
+            active_streams=busy,
+            queued_streams=max(0, len(self._jobs) - busy),
+            paused_streams=paused,
+            prompt_tokens_total=s.prompt_tokens if s else 0,
+            completion_tokens_total=s.completion_tokens if s else 0,
+            decode_steps_total=s.steps if s else 0,
+            decode_seconds_total=s.decode_seconds if s else 0.0,
+            batch_tokens_total=s.batch_tokens if s else 0,
+            cancelled_total=cancelled,
+            extra=extra,
+        )
+
+    async def close(self) -> None:
+        """Cancel every stream, stop the scheduler thread and free the model."""
+        if self._closing:
+            if self._stopped is not None:
+                await asyncio.shield(self._stopped)
+            return
+        self._closing = True
+        if self._scheduler is not None:
+            self._scheduler.stop()
+            if self._stopped is not None:
+                await asyncio.shield(self._stopped)
+        if self._state is not EngineState.FAILED:
+            self._state = EngineState.STOPPED
