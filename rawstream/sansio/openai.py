@@ -171,6 +171,10 @@ class CompletionRequest:
     #: ``stream_options.include_usage``: add a usage chunk before ``[DONE]``.
     include_usage: bool = False
 
+    def __str__(self) -> str:
+        mode = "stream+usage" if self.include_usage else "stream" if self.stream else "whole"
+        return f"<{self.kind} model={self.model!r} {mode}>"
+
 
 # --- parsing ---------------------------------------------------------------------------
 

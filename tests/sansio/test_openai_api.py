@@ -113,6 +113,12 @@ def test_nulls_mean_defaults() -> None:
     assert request.generation.temperature == 1.0 and request.generation.stop == ()
 
 
+def test_str() -> None:
+    request = parse_chat_completion(chat(stream=True, stream_options={"include_usage": True}))
+    assert str(request) == "<chat.completion model='m' stream+usage>"
+    assert str(parse_completion(completion())) == "<text_completion model='m' whole>"
+
+
 def test_model_is_optional() -> None:
     request = parse_chat_completion(json.dumps({"messages": USER}).encode())
     assert request.model is None
