@@ -1,57 +1,150 @@
-"""The application object: owns the server and the engine, routes requests."""
+"""The application: rawstream's endpoints on one server, with one engine.
+
+:class:`App` owns the :class:`~rawstream.server.server.Server`, the engine, the
+metrics and the resumable generations, and routes every request:
+
+=======  ==================================  ======================================
+Method   Path                                Endpoint
+=======  ==================================  ======================================
+GET      /                                   the chat page (public)
+GET      /health                             503 while loading, then 200 (public)
+GET      /metrics                            Prometheus text format
+GET      /v1/models                          the loaded model
+POST     /v1/chat/completions                chat completion, JSON or SSE
+POST     /v1/completions                     text completion, JSON or SSE
+POST     /v1/generations                     start a resumable generation
+GET      /v1/generations/{id}/events         follow it as SSE, resumable
+DELETE   /v1/generations/{id}                cancel it
+GET      /v1/ws                              WebSocket, many streams at once
+=======  ==================================  ======================================
+
+Authentication happens here, at the connection level, before any endpoint runs:
+with ``--api-key`` set, every route but the public ones needs a key (see
+:mod:`rawstream.sansio.auth`), and a WebSocket without one is refused before the
+upgrade with a plain 401.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import importlib.resources
 import json
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
+from rawstream.app import openai_api, ws_api
+from rawstream.app.generations import Generations
+from rawstream.app.metrics import CONTENT_TYPE, Metrics
 from rawstream.config import Config
-from rawstream.server.errors import WebSocketClosed
+from rawstream.engine import Engine, EngineState
+from rawstream.engine.factory import create_engine
+from rawstream.sansio.auth import CHALLENGE, Authenticator, unauthorized_body
+from rawstream.sansio.openai import APIError
+from rawstream.sansio.routing import Match, Route, Router
 from rawstream.server.exchange import Exchange
 from rawstream.server.server import Server
 
 log = logging.getLogger("rawstream")
 
+Endpoint = Callable[["App", Exchange, dict[str, str]], Awaitable[None]]
+
+ROUTES = (
+    Route("GET", "/", "page", public=True),
+    Route("GET", "/health", "health", public=True),
+    Route("GET", "/metrics", "metrics"),
+    Route("GET", "/v1/models", "models"),
+    Route("POST", "/v1/chat/completions", "chat_completions"),
+    Route("POST", "/v1/completions", "completions"),
+    Route("POST", "/v1/generations", "generations_create"),
+    Route("GET", "/v1/generations/{id}/events", "generations_events"),
+    Route("DELETE", "/v1/generations/{id}", "generations_cancel"),
+    Route("GET", "/v1/ws", "ws"),
+)
+
 
 class App:
-    """rawstream's endpoints on one :class:`Server`."""
+    """rawstream's endpoints on one :class:`Server` (see the module docstring)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, engine: Engine | None = None) -> None:
         self.config = config
+        self.engine = engine if engine is not None else create_engine(config)
         self.server = Server(config, self.handle)
+        self.metrics = Metrics(self.server, self.engine)
+        self.auth = Authenticator.from_config(config)
+        self.router = Router(ROUTES)
+        self.generations = Generations(self)
+        self.started_at = int(time.time())
+        self._endpoints: dict[str, Endpoint] = {
+            "page": lambda app, ex, p: app._page(ex),
+            "health": lambda app, ex, p: app._health(ex),
+            "metrics": lambda app, ex, p: ex.respond(
+                200, app.metrics.render(), content_type=CONTENT_TYPE
+            ),
+            "models": lambda app, ex, p: openai_api.models(app, ex),
+            "chat_completions": lambda app, ex, p: openai_api.chat_completions(app, ex),
+            "completions": lambda app, ex, p: openai_api.completions(app, ex),
+            "generations_create": lambda app, ex, p: app.generations.create(ex),
+            "generations_events": lambda app, ex, p: app.generations.events(ex, p["id"]),
+            "generations_cancel": lambda app, ex, p: app.generations.cancel(ex, p["id"]),
+            "ws": lambda app, ex, p: ws_api.websocket(app, ex),
+        }
 
     async def start(self) -> None:
-        """Start listening; print the banner."""
+        """Listen at once (health says loading), then load the model."""
         await self.server.start()
-        log.info("rawstream listening on http://%s:%d", self.config.host, self.server.port)
+        c = self.config
+        log.info(
+            "rawstream listening on http://%s:%d  engine=%s parallel=%d auth=%s",
+            c.host, self.server.port, c.engine, c.parallel,
+            "api-key" if self.auth.required else "off",
+        )  # fmt: skip
+        await self.engine.start()
+        if self.engine.state is EngineState.READY:
+            log.info("model ready: %s", self.engine.model_name)
+        else:
+            log.error("engine failed to start; /health answers 503")
 
     async def close(self) -> None:
-        """Release resources after the server has shut down."""
+        """After the server drained: stop generations and release the engine."""
+        await self.generations.close()
+        await self.engine.close()
 
     async def handle(self, exchange: Exchange) -> None:
-        """Route one request."""
-        path = exchange.request.path
-        if path == "/health":
-            await exchange.respond(200, json.dumps({"status": "ok"}).encode())
-        elif path == "/demo/ticker":
-            params = exchange.request.query_params()
-            count = int(params.get("count", "10"))
-            interval = float(params.get("interval", "0.1"))
-            sse = await exchange.start_sse()
-            for i in range(count):
-                await sse.send(f"id: {i}\ndata: tick {i}\n\n".encode())
-                await asyncio.sleep(interval)
-            await sse.end(b"event: end\ndata: done\n\n")
-        elif path == "/demo/echo":
-            ws = await exchange.accept_websocket()
-            try:
-                while True:
-                    await ws.send(await ws.receive())
-            except WebSocketClosed:
-                pass
-        else:
-            await exchange.respond(404, b'{"error":"not found"}')
+        """Route, authenticate and run one request."""
+        request = exchange.request
+        match = self.router.match(request.method, request.path)
+        name = match.route.name if isinstance(match, Match) else "none"
+        try:
+            if not isinstance(match, Match):
+                headers = [(b"allow", ", ".join(match.allow).encode())] if match.allow else []
+                message = "not found" if match.status == 404 else "method not allowed"
+                error = APIError(match.status, f"{message}: {request.method} {request.path}")
+                await exchange.respond(match.status, error.body(), headers)
+                return
+            if (
+                not match.route.public
+                and self.auth.authenticate(request.headers, request.query) is None
+            ):
+                await exchange.respond(401, unauthorized_body(), [CHALLENGE])
+                return
+            await self._endpoints[name](self, exchange, match.params)
+        except APIError as error:
+            if exchange.response_started:
+                raise
+            await openai_api.respond_error(exchange, error)
+        finally:
+            if exchange.status is not None:
+                self.metrics.requests.labels(name, str(exchange.status)).inc()
+
+    async def _health(self, exchange: Exchange) -> None:
+        state = self.engine.state
+        status = 200 if state is EngineState.READY else 503
+        body = {"status": "ok" if status == 200 else str(state), "model": self.engine.model_name}
+        await exchange.respond(status, json.dumps(body).encode())
+
+    async def _page(self, exchange: Exchange) -> None:
+        page = importlib.resources.files("rawstream.app").joinpath("static/index.html")
+        await exchange.respond(200, page.read_bytes(), content_type=b"text/html; charset=utf-8")
 
 
 def create_app(config: Config) -> App:

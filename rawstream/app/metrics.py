@@ -1,0 +1,166 @@
+"""``GET /metrics``: Prometheus text format, every name prefixed ``rawstream_``.
+
+Two kinds of series:
+
+* **Read at scrape time** from the server's and the engine's ``statistics()``
+  (connections by state, active and queued streams, paused writers, tokens, decode
+  steps, close codes, timeouts, shutdown drain time). A custom collector builds
+  them when Prometheus asks, so the hot path pays nothing for them.
+* **Observed as they happen**: histograms of time to first token, inter-token
+  latency, and disconnect-to-cancel latency; counters of requests by endpoint and
+  status. One observation per delta or per request, never per byte.
+
+Each :class:`Metrics` has its own registry, so several servers in one process (the
+test suite) do not collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from rawstream.engine.base import Engine
+    from rawstream.server.server import Server
+
+#: Content type of the Prometheus text exposition format 0.0.4.
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class _StatisticsCollector(Collector):
+    """Series computed from ``statistics()`` snapshots at scrape time."""
+
+    def __init__(self, server: Server, engine: Engine) -> None:
+        self.server = server
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.server.statistics()
+        e = self.engine.statistics()
+        conns = GaugeMetricFamily(
+            "rawstream_connections", "Open connections by state.", labels=["state"]
+        )
+        for state, n in s.connections.items():
+            conns.add_metric([state], n)
+        yield conns
+        yield CounterMetricFamily(
+            "rawstream_connections_accepted", "Connections accepted.", value=s.accepted_total
+        )
+        yield CounterMetricFamily(
+            "rawstream_connections_rejected",
+            "Connections refused over --max-connections.",
+            value=s.rejected_total,
+        )
+        yield GaugeMetricFamily(
+            "rawstream_paused_writers",
+            "Connections whose write buffer is full (client reading slowly).",
+            value=s.paused_writers,
+        )
+        yield CounterMetricFamily(
+            "rawstream_write_stall_aborts",
+            "Connections aborted by the write-stall watchdog.",
+            value=s.stall_aborts_total,
+        )
+        timeouts = CounterMetricFamily(
+            "rawstream_timeouts", "Deadlines that fired, by kind.", labels=["kind"]
+        )
+        for kind, n in sorted(s.timeouts_total.items()):
+            timeouts.add_metric([kind], n)
+        yield timeouts
+        codes = CounterMetricFamily(
+            "rawstream_websocket_close_codes",
+            "WebSocket closes by close code (sent or received).",
+            labels=["code"],
+        )
+        for code, n in sorted(s.ws_close_codes_total.items()):
+            codes.add_metric([str(code)], n)
+        yield codes
+        yield GaugeMetricFamily(
+            "rawstream_shutdown_drain_seconds",
+            "Duration of the last graceful shutdown (0 before any).",
+            value=s.shutdown_drain_seconds or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "rawstream_engine_ready", "1 when the engine is ready.", value=e.state == "ready"
+        )
+        yield GaugeMetricFamily("rawstream_engine_slots", "Engine slots.", value=e.slots)
+        yield GaugeMetricFamily(
+            "rawstream_engine_busy_slots", "Slots holding a stream.", value=e.busy_slots
+        )
+        yield GaugeMetricFamily(
+            "rawstream_streams_active", "Streams being generated.", value=e.active_streams
+        )
+        yield GaugeMetricFamily(
+            "rawstream_streams_queued", "Streams waiting for a slot.", value=e.queued_streams
+        )
+        yield GaugeMetricFamily(
+            "rawstream_streams_paused",
+            "Streams the engine skips because their consumer is behind.",
+            value=e.paused_streams,
+        )
+        tokens = CounterMetricFamily("rawstream_tokens", "Tokens processed.", labels=["kind"])
+        tokens.add_metric(["prompt"], e.prompt_tokens_total)
+        tokens.add_metric(["completion"], e.completion_tokens_total)
+        yield tokens
+        yield CounterMetricFamily(
+            "rawstream_decode_steps", "Engine decode steps.", value=e.decode_steps_total
+        )
+        yield CounterMetricFamily(
+            "rawstream_decode_seconds", "Time spent in decode steps.", value=e.decode_seconds_total
+        )
+        yield CounterMetricFamily(
+            "rawstream_batch_tokens",
+            "Tokens over all decode steps (divide by steps for the mean batch).",
+            value=e.batch_tokens_total,
+        )
+        yield CounterMetricFamily(
+            "rawstream_streams_cancelled", "Streams cancelled.", value=e.cancelled_total
+        )
+
+
+class Metrics:
+    """The registry of one app and the series it observes directly."""
+
+    def __init__(self, server: Server, engine: Engine) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_StatisticsCollector(server, engine))
+        self.time_to_first_token = Histogram(
+            "rawstream_time_to_first_token_seconds",
+            "From request admission to the first generated text.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inter_token = Histogram(
+            "rawstream_inter_token_seconds",
+            "Gap between deliveries divided by the tokens they carried.",
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.cancel_latency = Histogram(
+            "rawstream_cancel_latency_seconds",
+            "From cancellation (client gone, cancel message) to the slot being free.",
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "rawstream_requests",
+            "Requests answered, by endpoint and status.",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.overloaded = Counter(
+            "rawstream_overloaded",
+            "Requests refused with 503 because the wait queue was full.",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)

@@ -1,0 +1,147 @@
+"""OpenAI-compatible endpoints: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``.
+
+Request bodies are validated by :mod:`rawstream.sansio.openai`; errors become
+OpenAI's error shape with their status. With ``"stream": true`` the response is
+SSE: the role chunk at once, one chunk per delta (several tokens merged when the
+client reads slower than the model writes), then the finish chunk, the usage chunk
+when ``stream_options.include_usage`` is set, and ``data: [DONE]``.
+
+Three endings that are not ``[DONE]``:
+
+* the client leaves: the handler is cancelled, :class:`Generation` cancels the
+  engine stream, nothing more is written;
+* the server shuts down: the connection writes :data:`SHUTDOWN_ERROR` (an error
+  event the ``openai`` SDK raises on), ``retry:``, and the chunked terminator;
+* the engine fails: the stream's last event is an error event.
+
+Overload (the engine's wait queue is full) is answered ``503`` with ``Retry-After``
+before any header of a stream is sent: the engine refuses at submit, which
+happens before ``start_sse``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rawstream.app.generation import Generation
+from rawstream.engine.base import EngineError, Overloaded
+from rawstream.sansio.openai import (
+    APIError,
+    ChunkEncoder,
+    CompletionRequest,
+    Kind,
+    chat_completion_body,
+    completion_id,
+    error_for_result,
+    models_body,
+    parse_chat_completion,
+    parse_completion,
+    text_completion_body,
+)
+from rawstream.server.exchange import Exchange
+
+if TYPE_CHECKING:
+    from rawstream.app.application import App
+
+#: The last event of a stream cut by shutdown.
+SHUTDOWN_ERROR = APIError(
+    503, "the server is shutting down", type="server_error", code="shutting_down"
+).sse()
+
+
+async def respond_error(
+    exchange: Exchange, error: APIError, retry_after: float | None = None
+) -> None:
+    """Answer with OpenAI's error body (and ``Retry-After`` for 503s that have one)."""
+    headers = []
+    if retry_after is not None:
+        headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
+    await exchange.respond(error.status, error.body(), headers)
+
+
+def engine_error(exc: EngineError) -> tuple[APIError, float | None]:
+    """The API error and Retry-After for an error the engine raised at submit."""
+    retry = exc.retry_after if isinstance(exc, Overloaded) else None
+    if exc.status == 503 and retry is None:
+        retry = 1.0
+    return APIError.from_engine_error(exc), retry
+
+
+async def models(app: App, exchange: Exchange) -> None:
+    """``GET /v1/models``: the loaded model."""
+    await exchange.respond(200, models_body([app.engine.model_name], created=app.started_at))
+
+
+async def chat_completions(app: App, exchange: Exchange) -> None:
+    """``POST /v1/chat/completions``."""
+    await _completion(app, exchange, parse_chat_completion)
+
+
+async def completions(app: App, exchange: Exchange) -> None:
+    """``POST /v1/completions``."""
+    await _completion(app, exchange, parse_completion)
+
+
+async def _completion(
+    app: App, exchange: Exchange, parse: Callable[[bytes], CompletionRequest]
+) -> None:
+    request = parse(await exchange.body())  # APIError -> 400, in App.handle
+    try:
+        gen = Generation.submit(app.engine, app.metrics, request.generation)
+    except EngineError as exc:
+        error, retry = engine_error(exc)
+        await respond_error(exchange, error, retry)
+        return
+    async with gen:
+        if request.stream:
+            await _stream(app, exchange, request, gen)
+        else:
+            await _whole(app, exchange, request, gen)
+
+
+async def _whole(app: App, exchange: Exchange, request: CompletionRequest, gen: Generation) -> None:
+    parts = [delta.text async for delta in gen]
+    result = gen.result
+    assert result is not None
+    exchange.log_extra["tokens"] = result.usage.completion_tokens
+    error = error_for_result(result)
+    if error is not None:
+        await respond_error(exchange, error)
+        return
+    body_of = chat_completion_body if request.kind is Kind.CHAT else text_completion_body
+    body = body_of(
+        id=completion_id(request.kind, os.urandom(12)),
+        created=int(time.time()),
+        model=app.engine.model_name,
+        text="".join(parts),
+        result=result,
+    )
+    await exchange.respond(200, body)
+
+
+async def _stream(
+    app: App, exchange: Exchange, request: CompletionRequest, gen: Generation
+) -> None:
+    encoder = ChunkEncoder(
+        request.kind,
+        id=completion_id(request.kind, os.urandom(12)),
+        created=int(time.time()),
+        model=app.engine.model_name,
+        include_usage=request.include_usage,
+    )
+    sse = await exchange.start_sse(shutdown_event=SHUTDOWN_ERROR)
+    first = encoder.start()
+    if first:
+        await sse.send(first)
+    tokens = 0
+    async for delta in gen:
+        tokens += delta.tokens
+        await sse.send(encoder.delta(delta.text))
+    exchange.log_extra["tokens"] = tokens
+    result = gen.result
+    assert result is not None
+    await sse.end(encoder.finish(result))

@@ -1,0 +1,114 @@
+"""``GET /v1/ws``: many generations over one WebSocket (protocol: docs/ws-protocol.md).
+
+One reader loop takes client messages in order and hands each to the connection's
+:class:`~rawstream.sansio.wsmux.StreamTable`, which says what to do: start a
+stream, cancel one, answer, or close the connection for a protocol violation. Each
+accepted stream runs as its own task that reads its :class:`Generation` and sends
+``delta`` messages, then its ``done`` or ``error``.
+
+Fairness and bounds: every stream task waits for the socket to be writable before
+each send, so when the client reads slowly all streams wait their turn, and each
+stream's engine buffer (``--stream-buffer-tokens``) fills and pauses that stream in
+the engine; text that piles up meanwhile is merged into the next delta. A stream
+with a lot to say never holds the socket for longer than one message.
+
+When the connection ends (client gone, shutdown's 1001, a violation), every stream
+still running is cancelled with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from rawstream.app.generation import Generation
+from rawstream.app.openai_api import engine_error
+from rawstream.engine.base import EngineError
+from rawstream.sansio.upgrade import UpgradeAccepted, check_upgrade
+from rawstream.sansio.wsmux import (
+    Cancel,
+    Generate,
+    StreamId,
+    StreamTable,
+    Violation,
+    choose_subprotocol,
+)
+from rawstream.server.errors import WebSocketClosed
+from rawstream.server.exchange import Exchange
+from rawstream.server.websocket import WebSocket
+
+if TYPE_CHECKING:
+    from rawstream.app.application import App
+
+
+async def websocket(app: App, exchange: Exchange) -> None:
+    """Accept the upgrade and serve the multiplexing protocol until the socket closes."""
+    decision = check_upgrade(exchange.request)
+    offered = decision.offered if isinstance(decision, UpgradeAccepted) else ()
+    ws = await exchange.accept_websocket(subprotocol=choose_subprotocol(offered))
+    session = _Session(app, ws)
+    try:
+        await session.read_loop()
+    finally:
+        session.cancel_all()
+
+
+class _Session:
+    """The live streams of one WebSocket connection."""
+
+    def __init__(self, app: App, ws: WebSocket) -> None:
+        self.app = app
+        self.ws = ws
+        self.table = StreamTable.from_config(app.config)
+        self.running: dict[StreamId, tuple[Generation, asyncio.Task[None]]] = {}
+
+    async def read_loop(self) -> None:
+        while True:
+            try:
+                message = await self.ws.receive()
+            except WebSocketClosed:
+                return
+            action = self.table.receive(message)
+            if isinstance(action, Generate):
+                await self._start(action)
+            elif isinstance(action, Cancel):
+                entry = self.running.get(action.id)
+                if entry is not None:
+                    entry[0].cancel()
+            elif isinstance(action, str):
+                await self.ws.send(action)
+            elif isinstance(action, Violation):
+                await self.ws.close(int(action.code), action.reason)
+                return
+
+    async def _start(self, action: Generate) -> None:
+        try:
+            gen = Generation.submit(self.app.engine, self.app.metrics, action.request.generation)
+        except EngineError as exc:
+            error, _retry = engine_error(exc)
+            await self.ws.send(self.table.fail(action.id, error))
+            return
+        task = asyncio.get_running_loop().create_task(self._stream(action.id, gen))
+        self.running[action.id] = (gen, task)
+
+    async def _stream(self, stream_id: StreamId, gen: Generation) -> None:
+        try:
+            async with gen:
+                async for delta in gen:
+                    await self.ws.send(self.table.delta(stream_id, delta.text))
+            assert gen.result is not None
+            await self.ws.send(self.table.finish(stream_id, gen.result))
+        except WebSocketClosed:
+            pass
+        finally:
+            self.running.pop(stream_id, None)
+
+    def cancel_all(self) -> None:
+        """Cancel every stream of this connection (it is closing)."""
+        for gen, task in self.running.values():
+            gen.cancel()
+            task.cancel()
+        with contextlib.suppress(Exception):
+            self.table.clear()
+        self.running.clear()
