@@ -94,6 +94,8 @@ class WebSocket:
         self._close_handle: asyncio.TimerHandle | None = None
         self._ping_payload = b""
         self._ping_count = 0
+        #: Pongs that answered one of our keepalive pings (a statistic for tests/metrics).
+        self.pongs_received = 0
         #: The close code, once the close handshake started or the TCP connection
         #: ended; ``None`` while open.
         self.close_code: int | None = None
@@ -137,6 +139,7 @@ class WebSocket:
             if event.payload == self._ping_payload and self._pong_deadline is not None:
                 self._pong_deadline.cancel()
                 self._pong_deadline = None
+                self.pongs_received += 1
         elif isinstance(event, CloseConnection):
             self._on_close(event)
 
