@@ -7,7 +7,26 @@ pure functions, so that they can be read, tested and changed in one place:
 * **Request framing** (RFC 9112 section 6.3). h11 0.16 accepts a request that
   carries both ``Content-Length`` and ``Transfer-Encoding``; :func:`framing_error`
   rejects it, because the two framings disagreeing is how request smuggling between
-  a proxy and a server works.
+  a proxy and a server works. A ``Transfer-Encoding`` in an HTTP/1.0 request is
+  refused too (section 6.1: such a message "MUST" be treated "as if the framing is
+  faulty"). What h11 itself refuses keeps h11's status: an unknown coding
+  (``xchunked``, ``gzip, chunked``) is 501, conflicting ``Content-Length`` values
+  or one with a sign, spaces or non-digits are 400; identical duplicates
+  (``Content-Length: 3, 3``) are merged, as RFC 9110 section 8.6 allows.
+* **HTTP version** (RFC 9110 section 2.5 and 15.6.6). Only major version 1 is
+  spoken: ``HTTP/1.0`` and ``HTTP/1.1`` as such, a higher minor (``HTTP/1.2``) as
+  1.1, as section 2.5 asks. Any other major version (``HTTP/2.0``, ``HTTP/3``,
+  ``HTTP/0.9``, the HTTP/2 preface ``PRI * HTTP/2.0``) is ``505 HTTP Version Not
+  Supported``, also when h11 already refused the request line
+  (:func:`version_error_in_line`). h11 parses ``HTTP/2.0`` like a 1.x request.
+* **Methods** (RFC 9110 section 9.1): "The method token is case-sensitive", and
+  "An origin server that receives a request method that is unrecognized or not
+  implemented SHOULD respond with the 501 (Not Implemented) status code."
+  rawstream knows the methods in :data:`METHODS`; ``get`` is not ``GET``. CONNECT
+  (rawstream is no proxy) and TRACE (it echoes credentials back to scripts) get 501.
+* **Head size.** h11's ``max_incomplete_event_size`` only bounds a head that is
+  still *incomplete*; a larger head arriving in one read is parsed whole.
+  :func:`head_size` measures the parsed head so the server can answer 431 either way.
 * **Request targets** (RFC 9112 section 3.2). Origin-form (``/path?q``) is routed as
   is; absolute-form (``http://host/path``) is accepted and routed by its path, as
   section 3.2.2 requires of a server; asterisk-form (``*``) only for ``OPTIONS``.
@@ -25,6 +44,7 @@ pure functions, so that they can be read, tested and changed in one place:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -35,6 +55,14 @@ import h11
 REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 Headers = list[tuple[bytes, bytes]]
+
+#: The methods rawstream implements (RFC 9110 section 9.3, and PATCH from RFC 5789);
+#: any other method is answered 501.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+#: A request line that h11 refused but that names an HTTP version: method, target
+#: and ``HTTP/<major>[.<minor>]`` (h11 insists on exactly one digit each).
+_VERSIONED_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/(\d+)(?:\.\d+)?\r?")
 
 
 def reason(status: int) -> bytes:
@@ -102,18 +130,57 @@ def framing_error(event: h11.Request) -> BadRequest | None:
     names = {name for name, _ in event.headers}
     if b"transfer-encoding" in names and b"content-length" in names:
         return BadRequest(400, "both Content-Length and Transfer-Encoding")
+    # Section 6.1: "A server or client that receives an HTTP/1.0 message containing
+    # a Transfer-Encoding header field MUST treat the message as if the framing is
+    # faulty [...] and close the connection after processing the message."
+    if b"transfer-encoding" in names and event.http_version == b"1.0":
+        return BadRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
     return None
 
 
-def parse_request(event: h11.Request) -> Request:
-    """Turn h11's request event into a :class:`Request`, applying the target policy.
+def version_error(http_version: bytes) -> BadRequest | None:
+    """505 unless ``http_version`` (``b"1.1"``) has major version 1 (RFC 9110 2.5)."""
+    if http_version.split(b".", 1)[0] != b"1":
+        return BadRequest(505, f"HTTP/{http_version.decode('ascii', 'replace')} is not supported")
+    return None
 
-    Raises :class:`BadRequest` for a framing conflict or an unusable target.
+
+def version_error_in_line(line: bytes) -> BadRequest | None:
+    """For a request line h11 refused: 505 if it is well formed but not HTTP/1.x.
+
+    ``GET / HTTP/3`` fails h11's grammar (one digit, a dot, one digit) before any
+    version check; RFC 9110 section 15.6.6 gives it a status of its own.
     """
-    error = framing_error(event)
+    match = _VERSIONED_LINE.fullmatch(line)
+    if match is not None and match.group(1) != b"1":
+        return BadRequest(505, f"HTTP/{match.group(1).decode()} is not supported")
+    return None
+
+
+def head_size(event: h11.Request) -> int:
+    """The size of a request head as parsed: request line, headers, blank line.
+
+    Optional whitespace that h11 stripped is not counted, so this is at most the
+    size on the wire.
+    """
+    size = len(event.method) + len(event.target) + len(b"  HTTP/1.1\r\n\r\n")
+    for name, value in event.headers.raw_items():
+        size += len(name) + len(value) + len(b": \r\n")
+    return size
+
+
+def parse_request(event: h11.Request) -> Request:
+    """Turn h11's request event into a :class:`Request`, applying the policies above.
+
+    Raises :class:`BadRequest` for an unsupported version (505), a framing
+    conflict (400), an unknown method (501) or an unusable target (400).
+    """
+    error = version_error(event.http_version) or framing_error(event)
     if error is not None:
         raise error
     method = event.method.decode("ascii")
+    if method not in METHODS:
+        raise BadRequest(501, f"method {method!r} is not implemented")
     target = event.target.decode("ascii", "replace")
     if target.startswith("/"):
         # origin-form (RFC 9112 section 3.2.1)

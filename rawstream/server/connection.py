@@ -23,7 +23,15 @@ time, like h11's own example server:
 
 Bad input: h11's ``RemoteProtocolError`` carries ``error_status_hint`` (400, 413, 431,
 505, ...); the connection answers that status with ``Connection: close`` and closes.
-The connection is the only place that turns protocol errors into responses.
+The connection is the only place that turns protocol errors into responses. The
+policies h11 leaves open (framing conflicts, versions, methods, head size) are
+decided in :mod:`rawstream.sansio.http`.
+
+Closing after an error is a *lingering close* (RFC 9112 section 9.6): a client that
+is still sending a body we refused would otherwise have its unread bytes turn our
+close into a TCP RST, and an RST can destroy the error response before the client
+reads it. So the connection half-closes (FIN after the response), discards what
+still arrives, and closes when the client does, or after :data:`LINGER_TIMEOUT`.
 
 Disconnect is cancellation: ``connection_lost`` or EOF from the client cancels the
 running handler, so whatever it was producing (a generation) stops at once.
@@ -39,7 +47,14 @@ from typing import TYPE_CHECKING, cast
 
 import h11
 
-from rawstream.sansio.http import BadRequest, error_body, parse_request, reason
+from rawstream.sansio.http import (
+    BadRequest,
+    error_body,
+    head_size,
+    parse_request,
+    reason,
+    version_error_in_line,
+)
 from rawstream.sansio.upgrade import is_upgrade_request
 from rawstream.server.errors import ConnectionGone, UpgradeRefused
 from rawstream.server.exchange import Exchange
@@ -52,6 +67,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rawstream.server")
 access_log = logging.getLogger("rawstream.access")
+
+#: Seconds a lingering close keeps discarding input before it closes anyway.
+#: RFC 9112 section 9.6: "The server then continues to read from the connection
+#: until it receives a corresponding close by the client, or until the server is
+#: reasonably certain that its own TCP stack has received the client's
+#: acknowledgement". nginx lingers up to 5 s between reads (lingering_timeout),
+#: Apache 2 s; on loopback and behind a proxy 2 s is plenty.
+LINGER_TIMEOUT = 2.0
+
+#: Bytes of each request head kept to classify a request line h11 refuses.
+_LINE_KEPT = 1024
 
 
 class ConnState(enum.Enum):
@@ -71,6 +97,7 @@ class Deadline(enum.Enum):
     KEEPALIVE = "keepalive"  #: idle between requests: close
     BODY = "body"  #: request body stalled: 408
     HANDSHAKE = "handshake"  #: WebSocket upgrade not completed: close
+    LINGER = "linger"  #: half-closed after an error: stop discarding input, close
 
 
 class HTTPConnection(asyncio.Protocol):
@@ -95,6 +122,7 @@ class HTTPConnection(asyncio.Protocol):
         self._deadline_kind: Deadline | None = None
         self._accepted_at = 0.0
         self._head_bytes = 0  # bytes of the current request head seen so far
+        self._head_start = bytearray()  # its first bytes, for version_error_in_line()
         self._pipelined = 0  # bytes received after the current request ended
         self._shutdown_cancel = False  # the handler was cancelled by shutdown
         self._loop = asyncio.get_running_loop()
@@ -116,7 +144,7 @@ class HTTPConnection(asyncio.Protocol):
         if self.trace.enabled:
             self.trace.state(f"accepted from {self.client}")
         if not self.server.register(self):
-            self._send_error(503, "too many connections")
+            self._send_error(503, "too many connections", linger=False)
             return
         self._set_deadline(Deadline.HEAD, self.config.head_timeout)
         if self.server.shutting_down:
@@ -134,6 +162,8 @@ class HTTPConnection(asyncio.Protocol):
                 # First byte of the next request: the head deadline starts now.
                 self._set_deadline(Deadline.HEAD, self.config.head_timeout)
             self._head_bytes += len(data)
+            if len(self._head_start) < _LINE_KEPT:
+                self._head_start += data[: _LINE_KEPT - len(self._head_start)]
         elif conn.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL):  # type: ignore[attr-defined]
             # Pipelined: h11 keeps these bytes until the current response is done.
             self._pipelined += len(data)
@@ -193,7 +223,13 @@ class HTTPConnection(asyncio.Protocol):
             except h11.RemoteProtocolError as exc:
                 if self.trace.enabled:
                     self.trace.state(f"h11 RemoteProtocolError: {exc}")
-                self._protocol_error(exc.error_status_hint, str(exc))
+                status, message = exc.error_status_hint, str(exc)
+                if before[0] is h11.IDLE:
+                    line = bytes(self._head_start).split(b"\n", 1)[0]
+                    refused = version_error_in_line(line)
+                    if refused is not None:
+                        status, message = refused.status, str(refused)
+                self._protocol_error(status, message)
                 return
             if self.trace.enabled:
                 if event is not h11.NEED_DATA and event is not h11.PAUSED:
@@ -217,6 +253,12 @@ class HTTPConnection(asyncio.Protocol):
         self._clear_deadline()
         self._set_state(ConnState.ACTIVE)
         self._head_bytes = 0
+        self._head_start.clear()
+        if head_size(event) > self.config.max_header_bytes:
+            # h11 only bounds heads still incomplete; this one came in one piece.
+            # RFC 6585 section 5: 431 Request Header Fields Too Large.
+            self._send_error(431, "request head too large")
+            return
         try:
             request = parse_request(event)
         except BadRequest as exc:
@@ -285,8 +327,12 @@ class HTTPConnection(asyncio.Protocol):
             if self.flow is not None:
                 self.flow.resume_reading(ReadPause.PIPELINE)
             self._process_events()  # a pipelined request may be waiting
+        elif conn.their_state is not h11.DONE or conn.trailing_data[0]:
+            # A body we did not read, or bytes behind a request that closes the
+            # connection: the client may still be sending.
+            self.close_lingering()
         else:
-            # MUST_CLOSE, ERROR, or a body we did not read: end the connection.
+            # MUST_CLOSE (HTTP/1.0, "Connection: close"): end the connection.
             self.close()
 
     # ------------------------------------------------------------------ sending
@@ -310,9 +356,17 @@ class HTTPConnection(asyncio.Protocol):
         return 0
 
     def _send_error(
-        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+        self,
+        status: int,
+        message: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        linger: bool = True,
     ) -> None:
-        """Answer ``status`` with a short text body and close (if a response can start)."""
+        """Answer ``status`` with a short text body and close (if a response can start).
+
+        The close lingers (see the module docstring) unless ``linger`` is false.
+        """
         conn = self.h11
         if conn is None or self.transport is None or self.transport.is_closing():
             return
@@ -336,12 +390,16 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self.exchange is not None:
             self.exchange.record_response(status, len(body))
-        self.close()
+        if linger:
+            self.close_lingering()
+        else:
+            self.close()
 
     def _protocol_error(self, status: int, message: str) -> None:
         self._cancel_task()
         self._send_error(status, message)
-        self.close()
+        if self.state is not ConnState.CLOSING:
+            self.abort()  # no response could be sent
 
     # ------------------------------------------------------------------ deadlines
     def _set_deadline(self, kind: Deadline, delay: float) -> None:
@@ -366,13 +424,17 @@ class HTTPConnection(asyncio.Protocol):
         kind, self._deadline, self._deadline_kind = self._deadline_kind, None, None
         if self.trace.enabled:
             self.trace.state(f"{kind.value if kind else '?'} deadline expired")
+        if kind is Deadline.LINGER:
+            self.close()
+            return
         self.server.count_timeout(kind.value if kind else "unknown")
         if kind is Deadline.HEAD and self._head_bytes:
             self._send_error(408, "request head not received in time")
         elif kind is Deadline.BODY:
             self._cancel_task()
             self._send_error(408, "request body not received in time")
-        self.close()
+        if self.state is not ConnState.CLOSING:
+            self.close()
 
     # ------------------------------------------------------------------ lifecycle
     def _set_state(self, state: ConnState) -> None:
@@ -425,6 +487,26 @@ class HTTPConnection(asyncio.Protocol):
                 self.trace.state("closing")
             self.transport.close()
         self._set_state(ConnState.CLOSING)
+
+    def close_lingering(self) -> None:
+        """Half-close now; close when the client does, or after :data:`LINGER_TIMEOUT`.
+
+        Whatever the client still sends is read and dropped (``data_received``
+        ignores a closing connection), so the kernel never answers it with RST.
+        """
+        transport = self.transport
+        self._set_state(ConnState.CLOSING)
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            self.close()
+            return
+        if self.trace.enabled:
+            self.trace.state("half-closed; discarding input until the client closes")
+        transport.write_eof()
+        if self.flow is not None:
+            self.flow.resume_reading(ReadPause.BODY | ReadPause.PIPELINE | ReadPause.WS_BACKLOG)
+        self._set_deadline(Deadline.LINGER, LINGER_TIMEOUT)
 
     def abort(self) -> None:
         """Close now, discarding anything not yet written."""
