@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import AsyncContextManager
 
 import pytest
 
@@ -108,7 +108,7 @@ async def run_app(app: App) -> AsyncIterator[App]:
         await app.close()
 
 
-FakeAppFactory = Callable[..., AsyncContextManager[RunningApp]]
+FakeAppFactory = Callable[..., AbstractAsyncContextManager[RunningApp]]
 
 
 @pytest.fixture

@@ -118,43 +118,45 @@ async def test_short_stream_is_not_held_up_by_a_long_fast_one(fake_app: FakeAppF
 
 
 async def test_per_stream_errors_keep_the_connection(fake_app: FakeAppFactory) -> None:
-    async with fake_app(fake_tokens_per_s=50.0, ws_max_streams=2) as running:
-        async with connect(running.ws_url) as ws:
-            await ws.send(generate("bad", temperature=5))
-            error = await receive(ws)
-            assert error["type"] == "error" and error["id"] == "bad"
-            assert error["error"]["param"] == "temperature"
-            assert error["error"]["code"] == "invalid_value"
+    async with (
+        fake_app(fake_tokens_per_s=50.0, ws_max_streams=2) as running,
+        connect(running.ws_url) as ws,
+    ):
+        await ws.send(generate("bad", temperature=5))
+        error = await receive(ws)
+        assert error["type"] == "error" and error["id"] == "bad"
+        assert error["error"]["param"] == "temperature"
+        assert error["error"]["code"] == "invalid_value"
 
-            await ws.send(generate("x", max_tokens=10))
-            await ws.send(generate("x", max_tokens=10))  # x is live: duplicate
-            await ws.send(generate("y", max_tokens=1000))
-            await ws.send(generate("z", max_tokens=5))  # over ws_max_streams=2
-            await ws.send(json.dumps({"type": "subscribe", "id": "doc"}))
-            await ws.send(json.dumps({"type": "cancel", "id": "never-started"}))  # ignored
-            got = Streams()
-            errors: dict[str, dict[str, Any]] = {}  # by code
-            wanted = {"duplicate_id", "too_many_streams", "unknown_message_type"}
-            while "x" not in got.ends or wanted - set(errors):
-                message = await receive(ws)
-                if message["type"] == "error":
-                    errors[message["error"]["code"]] = message
-                else:
-                    got.add(message)
-            assert set(errors) == wanted
-            # x carried on after the duplicate and ended with its own done
-            assert got.ends["x"]["type"] == "done"
-            assert got.ends["x"]["finish_reason"] == "length"
-            assert len(got.text("x").split()) == 10
-            got.check_seq("x")
-            assert errors["duplicate_id"]["id"] == "x"
-            assert errors["too_many_streams"]["id"] == "z"
-            assert errors["unknown_message_type"]["id"] == "doc"
-            await ws.send(json.dumps({"type": "cancel", "id": "y"}))
-            while "y" not in got.ends:
-                got.add(await receive(ws))
-            assert got.ends["y"]["finish_reason"] == "cancelled"
-            assert "z" not in got.deltas
+        await ws.send(generate("x", max_tokens=10))
+        await ws.send(generate("x", max_tokens=10))  # x is live: duplicate
+        await ws.send(generate("y", max_tokens=1000))
+        await ws.send(generate("z", max_tokens=5))  # over ws_max_streams=2
+        await ws.send(json.dumps({"type": "subscribe", "id": "doc"}))
+        await ws.send(json.dumps({"type": "cancel", "id": "never-started"}))  # ignored
+        got = Streams()
+        errors: dict[str, dict[str, Any]] = {}  # by code
+        wanted = {"duplicate_id", "too_many_streams", "unknown_message_type"}
+        while "x" not in got.ends or wanted - set(errors):
+            message = await receive(ws)
+            if message["type"] == "error":
+                errors[message["error"]["code"]] = message
+            else:
+                got.add(message)
+        assert set(errors) == wanted
+        # x carried on after the duplicate and ended with its own done
+        assert got.ends["x"]["type"] == "done"
+        assert got.ends["x"]["finish_reason"] == "length"
+        assert len(got.text("x").split()) == 10
+        got.check_seq("x")
+        assert errors["duplicate_id"]["id"] == "x"
+        assert errors["too_many_streams"]["id"] == "z"
+        assert errors["unknown_message_type"]["id"] == "doc"
+        await ws.send(json.dumps({"type": "cancel", "id": "y"}))
+        while "y" not in got.ends:
+            got.add(await receive(ws))
+        assert got.ends["y"]["finish_reason"] == "cancelled"
+        assert "z" not in got.deltas
 
 
 @pytest.mark.parametrize(
