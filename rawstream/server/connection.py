@@ -447,6 +447,9 @@ class HTTPConnection(asyncio.Protocol):
     def set_streaming(self) -> None:
         """Called by the exchange when an SSE response starts."""
         self._set_state(ConnState.STREAMING)
+        if self.server.shutting_down:
+            # Started after shutdown told this (then active) connection: end it too.
+            self.begin_shutdown()
 
     def upgraded(self, websocket: WebSocket) -> None:
         """Called by the exchange after the ``101``: wsproto owns the bytes from now."""
@@ -454,6 +457,8 @@ class HTTPConnection(asyncio.Protocol):
         self.websocket = websocket
         self.h11 = None  # nothing more to parse as HTTP; free h11's buffers
         self._set_state(ConnState.WEBSOCKET)
+        if self.server.shutting_down:
+            self.begin_shutdown()  # upgraded after shutdown began: Close 1001 now
 
     def _stalled(self) -> None:
         log.info(

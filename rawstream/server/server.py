@@ -149,8 +149,7 @@ class Server:
             log.info(
                 "shutting down (grace %.1f s); signal again to abort", self.config.graceful_timeout
             )
-            self._shutdown_task = asyncio.get_running_loop().create_task(self.shutdown())
-            self._stop_requested.set()
+            self._begin_shutdown()
         else:
             log.warning("second signal: aborting every connection")
             self.abort()
@@ -159,12 +158,22 @@ class Server:
         """Wait for a shutdown started by :meth:`request_shutdown` to finish."""
         await self._stop_requested.wait()
         assert self._shutdown_task is not None
-        await self._shutdown_task
+        await asyncio.shield(self._shutdown_task)
 
     async def shutdown(self) -> None:
-        """Graceful shutdown (see the module docstring)."""
+        """Graceful shutdown (see the module docstring); return when it is complete."""
+        self._begin_shutdown()
+        await self.wait_shutdown()
+
+    def _begin_shutdown(self) -> None:
+        """Phases 1 and 2, synchronously, then phases 3 and 4 in a task.
+
+        Synchronous so that from the moment the signal is handled, every request
+        parsed (even one already in the socket buffer) sees ``shutting_down``.
+        """
+        if self._shutdown_task is not None:
+            return
         loop = asyncio.get_running_loop()
-        started = loop.time()
         self.shutting_down = True
         if self._server is not None:
             self._server.close()  # phase 1
@@ -172,6 +181,11 @@ class Server:
             conn.begin_shutdown()
         if not self.connections:
             self._all_closed.set()
+        self._shutdown_task = loop.create_task(self._drain(loop.time()))
+        self._stop_requested.set()
+
+    async def _drain(self, started: float) -> None:
+        """Phases 3 and 4: wait for the connections to leave, then cut the rest."""
         try:  # phase 3
             await asyncio.wait_for(self._all_closed.wait(), self.config.graceful_timeout)
         except TimeoutError:
@@ -181,7 +195,7 @@ class Server:
             )
             self.abort()  # phase 4
             await self._all_closed.wait()
-        self._drain_seconds = loop.time() - started
+        self._drain_seconds = asyncio.get_running_loop().time() - started
         log.info("shutdown complete in %.2f s", self._drain_seconds)
 
     def abort(self) -> None:
