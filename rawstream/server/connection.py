@@ -151,11 +151,13 @@ class HTTPConnection(asyncio.Protocol):
             self.begin_shutdown()
 
     def data_received(self, data: bytes) -> None:
+        if self.state is ConnState.CLOSING:
+            return  # closing (or lingering after an error): input is dropped
         if self.websocket is not None:
             self.websocket.data_received(data)
             return
         conn = self.h11
-        if conn is None or self.state is ConnState.CLOSING:
+        if conn is None:
             return
         if conn.their_state is h11.IDLE:
             if self._deadline_kind is Deadline.KEEPALIVE:

@@ -19,7 +19,8 @@ Limits and close codes (RFC 6455 section 7.4.1)
       control frames, unmasked client frames): 1002 (wsproto detects it);
     * no pong within ``--ws-ping-timeout`` of a ping: 1011, then the TCP close.
     Failing the connection (section 7.1.7) sends the Close frame and closes TCP at
-    once; the peer's answer is not awaited.
+    once; the peer's answer is not awaited (what it still sends is read and
+    dropped until it closes: a lingering close, see the connection module).
 
 The close handshake (section 7.1.2-7.1.4)
     * Peer first: wsproto reports ``CloseConnection``; rawstream answers with the
@@ -274,7 +275,9 @@ class WebSocket:
         self.conn.server.count_close_code(code)
         if self._ws.state is ConnectionState.OPEN:
             self._send(CloseConnection(code=code, reason=reason))
-        self.conn.close()
+        # Frames may still be arriving behind the bad one; closing with them unread
+        # would send RST, which can destroy our Close frame before the peer reads it.
+        self.conn.close_lingering()
         self._finish(code, reason)
 
     def _close_timeout(self) -> None:
