@@ -11,7 +11,8 @@ Stop strings have the same problem one level up: ``"\\n\\nUser:"`` may arrive as
 not reach the client until it is resolved, because once sent it cannot be taken
 back. :class:`StopMatcher` holds back the longest suffix of the text that is a prefix
 of some stop string, releases it as soon as the next piece rules the match out, and
-cuts the output exactly before the first stop string once one is complete.
+cuts the output exactly before the stop string that was complete first: the output
+is what a character-by-character check would give, whatever the token boundaries.
 
 :class:`Detokenizer` chains the two and counts tokens, so that every piece of text
 it releases carries the number of tokens it came from.
@@ -76,13 +77,15 @@ class StopMatcher:
         if not self._stops:
             return text
         buf = self._held + text
-        # The earliest complete stop string wins. A match cannot start inside text
-        # released earlier: that text had no suffix that begins a stop string.
-        cut = -1
+        # The stop string that was complete first (smallest end; on a tie, the longer
+        # one) wins, so the result does not depend on how the text was split into
+        # tokens. A match cannot start inside text released earlier: that text had no
+        # suffix that begins a stop string.
+        cut = end = -1
         for stop in self._stops:
             i = buf.find(stop)
-            if i != -1 and (cut == -1 or i < cut):
-                cut = i
+            if i != -1 and (end == -1 or (i + len(stop), i) < (end, cut)):
+                cut, end = i, i + len(stop)
         if cut != -1:
             self.stopped = True
             self._held = ""

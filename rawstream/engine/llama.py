@@ -196,8 +196,8 @@ class LlamaEngine(Engine):
 
     def _apply(self, report: StepReport) -> None:
         """Apply one scheduler step to the streams (on the event loop)."""
-        for stream in report.started:
-            stream.mark_started(report.step)
+        for stream, step in report.started:
+            stream.mark_started(step)
         for stream, text, tokens in report.texts:
             stream.push(text, tokens)
         now = time.perf_counter()

@@ -88,8 +88,8 @@ class Job:
 class StepReport:
     """What one scheduler step changed, for the event loop to apply in one go."""
 
-    step: int
-    started: list[EngineStream] = field(default_factory=list)
+    step: int  #: decode steps completed when the report was made
+    started: list[tuple[EngineStream, int]] = field(default_factory=list)
     texts: list[tuple[EngineStream, str, int]] = field(default_factory=list)
     ended: list[tuple[EngineStream, Result, int]] = field(default_factory=list)
 
@@ -251,7 +251,7 @@ class Scheduler:
             job.sampler = backend.new_sampler(job.request)
             job.started_at = now
             self._active.append(job)
-            report.started.append(job.stream)
+            report.started.append((job.stream, self.steps))
 
     def _build_batch(self, backend: LlamaBackend) -> tuple[list[Job], list[Job]]:
         """Fill the batch; return the jobs in it and those that sit out (buffer full)."""

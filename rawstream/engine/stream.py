@@ -81,9 +81,10 @@ class EngineStream(GenerationStream):
         self.flow = FlowControl(buffer_tokens)
         #: ``time.perf_counter()`` of the first :meth:`cancel`, else ``None``.
         self.cancel_requested_at: float | None = None
-        #: Engine step during which the stream got its slot, once it has one.
+        #: Engine steps completed when the stream got its slot (``None`` before).
         self.started_step: int | None = None
-        #: Engine step after which the stream's slot was free again.
+        #: Engine steps completed when the stream's slot was free again. A stream
+        #: admitted into that freed slot at once has ``started_step`` equal to it.
         self.ended_step: int | None = None
         self._on_cancel = on_cancel
         self._on_drain = on_drain
@@ -113,7 +114,7 @@ class EngineStream(GenerationStream):
         self._wake()
 
     def mark_started(self, step: int) -> None:
-        """Record that the stream got a slot during engine step ``step``."""
+        """Record that the stream got a slot after ``step`` engine steps."""
         self.started_step = step
         if self._started is not None:
             self._started.set()
