@@ -90,6 +90,22 @@ class ConnState(enum.Enum):
     CLOSING = "closing"  #: closing or closed
 
 
+#: The moves :meth:`HTTPConnection._set_state` allows, and nothing else. Read it as
+#: the connection's life: a request makes an idle connection active; its response
+#: either completes (back to idle: keep-alive), turns into an SSE stream (which
+#: ends back in idle) or into a WebSocket; any state can close, and closing is final.
+#: ``docs/gen.py`` draws ``docs/diagrams/connection-states.md`` from this table.
+TRANSITIONS: dict[ConnState, frozenset[ConnState]] = {
+    ConnState.IDLE: frozenset({ConnState.ACTIVE, ConnState.CLOSING}),
+    ConnState.ACTIVE: frozenset(
+        {ConnState.IDLE, ConnState.STREAMING, ConnState.WEBSOCKET, ConnState.CLOSING}
+    ),
+    ConnState.STREAMING: frozenset({ConnState.IDLE, ConnState.CLOSING}),
+    ConnState.WEBSOCKET: frozenset({ConnState.CLOSING}),
+    ConnState.CLOSING: frozenset(),
+}
+
+
 class Deadline(enum.Enum):
     """The one deadline a connection runs at a time, and what happens when it fires."""
 
@@ -441,6 +457,7 @@ class HTTPConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ lifecycle
     def _set_state(self, state: ConnState) -> None:
         if state is not self.state:
+            assert state in TRANSITIONS[self.state], f"{self.state} -> {state}"
             if self.trace.enabled:
                 self.trace.state(f"connection {self.state.value}->{state.value}")
             self.server.state_changed(self.state, state)
