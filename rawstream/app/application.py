@@ -7,6 +7,7 @@ metrics and the resumable generations, and routes every request:
 Method   Path                                Endpoint
 =======  ==================================  ======================================
 GET      /                                   the chat page (public)
+GET      /static/{name}                      the page's CSS and JS (public)
 GET      /health                             503 while loading, then 200 (public)
 GET      /metrics                            Prometheus text format
 GET      /v1/models                          the loaded model
@@ -46,10 +47,34 @@ from rawstream.server.server import Server
 
 log = logging.getLogger("rawstream")
 
+#: The files ``GET /static/{name}`` serves from ``rawstream/app/static/``, and their
+#: types. An allow-list, not a directory listing: any other name is a 404, so no
+#: path (``..``, encoded slashes) can reach outside these files.
+STATIC_FILES: dict[str, bytes] = {
+    "app.css": b"text/css; charset=utf-8",
+    "app.js": b"text/javascript; charset=utf-8",
+}
+
+#: Headers of the page and its files. The Content-Security-Policy allows scripts,
+#: styles and connections from this origin only (CSP Level 3: ``'self'`` covers
+#: ``ws:`` to the same host), so even text that slipped into the DOM as markup could
+#: neither run inline script nor load anything from elsewhere.
+PAGE_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        b"img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-cache"),
+]
+
 Endpoint = Callable[["App", Exchange, dict[str, str]], Awaitable[None]]
 
 ROUTES = (
     Route("GET", "/", "page", public=True),
+    Route("GET", "/static/{name}", "static", public=True),
     Route("GET", "/health", "health", public=True),
     Route("GET", "/metrics", "metrics"),
     Route("GET", "/v1/models", "models"),
@@ -76,6 +101,7 @@ class App:
         self.started_at = int(time.time())
         self._endpoints: dict[str, Endpoint] = {
             "page": lambda app, ex, p: app._page(ex),
+            "static": lambda app, ex, p: app._static(ex, p["name"]),
             "health": lambda app, ex, p: app._health(ex),
             "metrics": lambda app, ex, p: ex.respond(
                 200, app.metrics.render(), content_type=CONTENT_TYPE
@@ -144,7 +170,16 @@ class App:
 
     async def _page(self, exchange: Exchange) -> None:
         page = importlib.resources.files("rawstream.app").joinpath("static/index.html")
-        await exchange.respond(200, page.read_bytes(), content_type=b"text/html; charset=utf-8")
+        await exchange.respond(
+            200, page.read_bytes(), PAGE_HEADERS, content_type=b"text/html; charset=utf-8"
+        )
+
+    async def _static(self, exchange: Exchange, name: str) -> None:
+        content_type = STATIC_FILES.get(name)
+        if content_type is None:
+            raise APIError(404, f"not found: {exchange.request.path}", code="not_found")
+        data = importlib.resources.files("rawstream.app").joinpath(f"static/{name}").read_bytes()
+        await exchange.respond(200, data, PAGE_HEADERS, content_type=content_type)
 
 
 def create_app(config: Config) -> App:

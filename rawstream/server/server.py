@@ -57,14 +57,15 @@ class ShutdownPhase(enum.Enum):
         return str(self.value)
 
 
-#: The moves between phases. Phases 1-3 follow each other at the first signal; the
-#: drain ends in ``DONE`` when the last connection leaves, or in ``CUT`` when the
-#: grace period ends or a second signal arrives (:meth:`Server.abort`).
+#: The moves between phases. The first signal runs STOP_ACCEPTING, NOTIFY and DRAIN
+#: in one synchronous call, so nothing can come between them; the drain ends in
+#: ``DONE`` when the last connection leaves, or in ``CUT`` when the grace period ends
+#: or a second signal arrives (:meth:`Server.abort`, which may also be called alone).
 #: ``docs/gen.py`` draws ``docs/diagrams/shutdown-phases.md`` from this table.
 SHUTDOWN_TRANSITIONS: dict[ShutdownPhase, frozenset[ShutdownPhase]] = {
     ShutdownPhase.RUNNING: frozenset({ShutdownPhase.STOP_ACCEPTING, ShutdownPhase.CUT}),
-    ShutdownPhase.STOP_ACCEPTING: frozenset({ShutdownPhase.NOTIFY, ShutdownPhase.CUT}),
-    ShutdownPhase.NOTIFY: frozenset({ShutdownPhase.DRAIN, ShutdownPhase.CUT}),
+    ShutdownPhase.STOP_ACCEPTING: frozenset({ShutdownPhase.NOTIFY}),
+    ShutdownPhase.NOTIFY: frozenset({ShutdownPhase.DRAIN}),
     ShutdownPhase.DRAIN: frozenset({ShutdownPhase.DONE, ShutdownPhase.CUT}),
     ShutdownPhase.CUT: frozenset({ShutdownPhase.DONE}),
     ShutdownPhase.DONE: frozenset(),
