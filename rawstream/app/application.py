@@ -23,13 +23,20 @@ Authentication happens here, at the connection level, before any endpoint runs:
 with ``--api-key`` set, every route but the public ones needs a key (see
 :mod:`rawstream.sansio.auth`), and a WebSocket without one is refused before the
 upgrade with a plain 401.
+
+A key passed as ``?api_key=`` (the one way ``EventSource`` can send one) is
+removed from the request the server logs: after authentication the exchange's
+request carries the target and query with the key's value replaced by
+:data:`REDACTED`, so the access log never holds a key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -39,7 +46,8 @@ from rawstream.app.metrics import CONTENT_TYPE, Metrics
 from rawstream.config import Config
 from rawstream.engine import Engine, EngineState
 from rawstream.engine.factory import create_engine
-from rawstream.sansio.auth import CHALLENGE, Authenticator, unauthorized_body
+from rawstream.sansio.auth import CHALLENGE, QUERY_PARAMETER, Authenticator, unauthorized_body
+from rawstream.sansio.http import Request
 from rawstream.sansio.openai import APIError
 from rawstream.sansio.routing import Match, Route, Router
 from rawstream.server.exchange import Exchange
@@ -71,6 +79,20 @@ PAGE_HEADERS = [
 ]
 
 Endpoint = Callable[["App", Exchange, dict[str, str]], Awaitable[None]]
+
+#: What the access log shows instead of a key passed in the query string.
+REDACTED = "REDACTED"
+_KEY_IN_QUERY = re.compile(r"(?:^|(?<=[?&]))(" + re.escape(QUERY_PARAMETER) + r"=)[^&#]*")
+
+
+def redact_query_key(request: Request) -> Request:
+    """``request`` with the value of ``?api_key=`` replaced, for logging."""
+    if QUERY_PARAMETER not in request.query:
+        return request
+    query = _KEY_IN_QUERY.sub(r"\g<1>" + REDACTED, request.query)
+    path, _, _ = request.target.partition("?")
+    return dataclasses.replace(request, target=f"{path}?{query}", query=query)
+
 
 ROUTES = (
     Route("GET", "/", "page", public=True),
@@ -140,6 +162,7 @@ class App:
         request = exchange.request
         match = self.router.match(request.method, request.path)
         name = match.route.name if isinstance(match, Match) else "none"
+        exchange.request = redact_query_key(request)  # authenticate with the original
         try:
             if not isinstance(match, Match):
                 headers = [(b"allow", ", ".join(match.allow).encode())] if match.allow else []
