@@ -178,9 +178,16 @@ class Generations:
         except LookupError as exc:
             await respond_error(exchange, APIError(410, str(exc), code="events_expired"))
             return
-        sse = await exchange.start_sse(shutdown_event=SHUTDOWN_EVENT)
+        if exchange.request.method == "HEAD":
+            # The headers of the GET and no body (RFC 9110 section 9.3.2): end the
+            # response at once instead of following a stream nobody will read.
+            await (await exchange.start_sse()).end()
+            return
+        # Join before the first await, so the resume window cannot expire the
+        # generation while the response head waits for a writable socket.
         self._viewer_joined(entry)
         try:
+            sse = await exchange.start_sse(shutdown_event=SHUTDOWN_EVENT)
             while True:
                 if backlog:
                     await sse.send(backlog)

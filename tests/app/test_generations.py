@@ -174,3 +174,33 @@ async def test_viewer_that_stays_keeps_the_generation_alive(fake_app: FakeAppFac
         assert events[-1].event == "done"
         assert json.loads(events[-1].data)["finish_reason"] == "length"
         assert len(text_of(events).split()) == 40
+
+
+async def test_head_answers_at_once_and_keeps_the_connection(fake_app: FakeAppFactory) -> None:
+    async with fake_app(fake_tokens_per_s=20.0) as running, client_for(running) as client:
+        gen_id = await create(client, max_tokens=1000)
+        head = await client.head(f"/v1/generations/{gen_id}/events")
+        assert head.status_code == 200
+        assert head.headers["content-type"].startswith("text/event-stream")
+        # the same keep-alive connection answers the next request
+        health = await client.get("/health")
+        assert health.status_code == 200
+        assert running.app.server.statistics().accepted_total == 1
+        assert running.app.generations.logs[gen_id].viewers == 0
+
+
+async def test_key_in_the_query_and_last_event_id(fake_app: FakeAppFactory) -> None:
+    """EventSource sends the key as ``?api_key=``; the resume parameter still works."""
+    async with fake_app(api_key=("k1",)) as running, client_for(running) as client:
+        auth = {"Authorization": "Bearer k1"}
+        response = await client.post(
+            "/v1/generations", json={**BODY, "max_tokens": 5}, headers=auth
+        )
+        gen_id = response.json()["id"]
+        url = f"/v1/generations/{gen_id}/events"
+        assert (await client.get(url)).status_code == 401
+        full = await client.get(url + "?api_key=k1")
+        ids = [line for line in full.text.splitlines() if line.startswith("id:")]
+        last = int(ids[-1].removeprefix("id: "))
+        tail = await client.get(f"{url}?api_key=k1&last_event_id={last - 1}")
+        assert [line for line in tail.text.splitlines() if line.startswith("id:")] == [ids[-1]]
