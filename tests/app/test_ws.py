@@ -229,3 +229,32 @@ async def test_auth_with_the_bearer_subprotocol(fake_app: FakeAppFactory) -> Non
         async with connect(running.ws_url, additional_headers={"Authorization": "Bearer k1"}) as ws:
             await ws.send(json.dumps({"type": "ping"}))
             assert await receive(ws) == {"type": "pong"}
+
+
+async def test_engine_overload_is_a_stream_error(fake_app: FakeAppFactory) -> None:
+    async with (
+        fake_app(parallel=1, max_queue=0, fake_tokens_per_s=20.0) as running,
+        connect(running.ws_url) as ws,
+    ):
+        await ws.send(generate("first", max_tokens=1000))
+        await ws.send(generate("second", max_tokens=5))
+        got = Streams()
+        error: dict[str, Any] | None = None
+        while error is None:
+            message = await receive(ws)
+            if message["type"] == "error":
+                error = message
+            else:
+                got.add(message)
+        assert error["id"] == "second"
+        assert error["error"]["code"] == "overloaded"
+        assert "second" not in got.deltas
+        await ws.send(json.dumps({"type": "cancel", "id": "first"}))
+        while "first" not in got.ends:
+            got.add(await receive(ws))
+        assert got.ends["first"]["finish_reason"] == "cancelled"
+        # the id of the refused stream is free again
+        await ws.send(generate("second", max_tokens=2))
+        while "second" not in got.ends:
+            got.add(await receive(ws))
+        assert got.ends["second"]["finish_reason"] == "length"
