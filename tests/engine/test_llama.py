@@ -47,7 +47,10 @@ async def make_engine() -> AsyncIterator[MakeEngine]:
     engines: list[LlamaEngine] = []
 
     async def make(**changes: object) -> LlamaEngine:
-        config = Config(parallel=4, ctx_per_slot=2048, max_queue=8).replace(**changes)
+        # One llama.cpp thread: on a shared, busy machine, threads that spin at
+        # barriers waiting for a descheduled peer make every step much slower.
+        config = Config(parallel=4, ctx_per_slot=2048, max_queue=8, threads=1)
+        config = config.replace(**changes)
         engine = create_engine(config)
         assert isinstance(engine, LlamaEngine)
         engines.append(engine)

@@ -1,0 +1,264 @@
+"""Benchmark the llama.cpp engine against llama-cpp-python's high-level API.
+
+Run:  .venv/bin/python benchmarks/bench_engine.py [--rounds 5] [--max-tokens 128]
+
+What it measures, in one process, in interleaved rounds (the order of the
+measurements rotates each round, so slow phases of a shared machine spread over all
+of them), reporting medians:
+
+- single stream: tokens/s of one greedy generation, submit to last token, through
+  :class:`rawstream.engine.llama.LlamaEngine` and through ``llama_cpp.Llama``'s
+  ``create_completion(stream=True)`` on the same prompt, same threads, no prefix
+  cache (the high-level object is ``reset()`` before each run);
+- aggregate tokens/s with 1, 2, 4 and 8 concurrent streams through the engine
+  (``parallel=8``, so every stream is batched);
+- cancel latency: ``cancel()`` to slot freed, for a stream cancelled while
+  generating and one cancelled during its prompt, next to the mean duration of the
+  decode steps of that phase (the most a cancellation should wait is the step that
+  is running when it arrives).
+
+It prints a Markdown table with the machine and versions and writes it to
+``benchmarks/results/engine.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import llama_cpp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from rawstream.config import Config
+from rawstream.engine import (
+    EngineStatistics,
+    FinishReason,
+    GenerationRequest,
+    Result,
+    collect,
+)
+from rawstream.engine.llama import LlamaEngine
+from rawstream.engine.model import resolve_model
+
+PROMPTS = (
+    "The history of the printing press begins in",
+    "Once upon a time, there was",
+    "Ten tips for staying productive while working from home:\n1.",
+    "The water cycle is the process by which",
+    "A recipe for a simple tomato soup:\nIngredients:",
+    "The main differences between cats and dogs are",
+    "In computer science, a hash table is",
+    "Here is a short story about a robot who learns to paint:",
+)
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 90  # ~900 tokens
+CONCURRENCY = (1, 2, 4, 8)
+RESULTS = Path(__file__).parent / "results" / "engine.md"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.samples: dict[str, list[float]] = {}
+        self.load_start = "n/a"
+        self.model_path = resolve_model(args.model)
+        threads = args.threads or os.cpu_count() or 1
+        self.threads = threads
+        self.engine = LlamaEngine(
+            Config(
+                model=str(self.model_path),
+                parallel=max(CONCURRENCY),
+                ctx_per_slot=1024,
+                threads=threads,
+                max_queue=0,
+                stream_buffer_tokens=1 << 20,  # the benchmark reads as fast as it can
+            )
+        )
+        self.llm = llama_cpp.Llama(
+            model_path=str(self.model_path),
+            n_ctx=1024,
+            n_batch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+
+    def record(self, name: str, value: float) -> None:
+        self.samples.setdefault(name, []).append(value)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.samples[name])
+
+    # --- measurements ---------------------------------------------------------------
+
+    def high_level_single(self) -> None:
+        self.llm.reset()
+        t0 = time.perf_counter()
+        tokens = 0
+        for _chunk in self.llm.create_completion(
+            PROMPTS[0], max_tokens=self.args.max_tokens, temperature=0.0, stream=True
+        ):
+            tokens += 1
+        self.record("high_level_single", tokens / (time.perf_counter() - t0))
+
+    async def engine_concurrent(self, n: int) -> None:
+        requests = [
+            GenerationRequest(prompt=PROMPTS[i], temperature=0.0, max_tokens=self.args.max_tokens)
+            for i in range(n)
+        ]
+        t0 = time.perf_counter()
+        outcomes = await asyncio.gather(*(collect(self.engine.submit(r)) for r in requests))
+        wall = time.perf_counter() - t0
+        tokens = sum(result.usage.completion_tokens for _, result in outcomes)
+        self.record(f"engine_{n}", tokens / wall)
+
+    async def cancel_latency(self) -> None:
+        # while generating: cancel after the first delta
+        stats = self.engine.statistics()
+        stream = self.engine.submit(GenerationRequest(prompt=PROMPTS[1], max_tokens=10_000))
+        await anext(aiter(stream))
+        stream.cancel()
+        result = await stream.wait_result()
+        self._record_cancel("generating", result, stats)
+        # during the prompt: cancel once the first chunk has been decoded
+        stats = self.engine.statistics()
+        stream = self.engine.submit(GenerationRequest(prompt=LONG_PROMPT, max_tokens=10))
+        await stream.wait_started()  # type: ignore[attr-defined]
+        stream.cancel()
+        result = await stream.wait_result()
+        self._record_cancel("prompt", result, stats)
+
+    def _record_cancel(self, case: str, result: Result, before: EngineStatistics) -> None:
+        assert result.finish_reason is FinishReason.CANCELLED
+        assert result.timings.cancel_latency is not None
+        after = self.engine.statistics()
+        steps = after.decode_steps_total - before.decode_steps_total
+        seconds = after.decode_seconds_total - before.decode_seconds_total
+        self.record(f"cancel_{case}", result.timings.cancel_latency)
+        self.record(f"step_{case}", seconds / max(1, steps))
+
+    async def run(self) -> None:
+        self.load_start = loadavg()
+        await self.engine.start()
+        # warm up both paths (first decode allocates buffers)
+        self.high_level_single()
+        await self.engine_concurrent(1)
+        self.samples.clear()
+        jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("high-level", self._async(self.high_level_single)),
+            *[(f"engine x{n}", self._concurrent(n)) for n in CONCURRENCY],
+            ("cancel", self.cancel_latency),
+        ]
+        for r in range(self.args.rounds):
+            order = jobs[r % len(jobs) :] + jobs[: r % len(jobs)]
+            for _name, job in order:
+                await job()
+            print(f"round {r + 1}/{self.args.rounds} done ({', '.join(n for n, _ in order)})")
+        await self.engine.close()
+
+    @staticmethod
+    def _async(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            fn()
+
+        return run
+
+    def _concurrent(self, n: int) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            await self.engine_concurrent(n)
+
+        return run
+
+    # --- report ---------------------------------------------------------------------
+
+    def report(self) -> str:
+        single = self.median("engine_1")
+        high = self.median("high_level_single")
+        lines = [
+            "# Engine benchmark",
+            "",
+            f"- Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} "
+            f"{platform.release()}; load average (1/5/15 min) at start {self.load_start}, "
+            f"at end {loadavg()}",
+            f"- Python {platform.python_version()}, llama-cpp-python {llama_cpp.__version__}, "
+            f"model {self.model_path.name}, {self.threads} threads",
+            f"- {self.args.rounds} interleaved rounds, medians; greedy, "
+            f"{self.args.max_tokens} tokens per stream, tokens/s from submit to last token",
+            f"- Command: `.venv/bin/python benchmarks/bench_engine.py --rounds {self.args.rounds} "
+            f"--max-tokens {self.args.max_tokens}`",
+            "",
+            "| Measurement | Median | Ratio |",
+            "|---|---:|---:|",
+            f"| High-level `Llama.create_completion`, 1 stream | {high:.1f} tok/s | 1.00x |",
+            f"| Engine, 1 stream | {single:.1f} tok/s | {single / high:.2f}x high-level |",
+        ]
+        for n in CONCURRENCY[1:]:
+            agg = self.median(f"engine_{n}")
+            lines.append(
+                f"| Engine, {n} concurrent streams (aggregate) | {agg:.1f} tok/s | "
+                f"{agg / single:.2f}x engine 1 stream |"
+            )
+        for case, label, step in (
+            ("generating", "while generating", "generation step"),
+            ("prompt", "during a 900-token prompt", "prompt-chunk step"),
+        ):
+            ms = self.median(f"cancel_{case}") * 1000
+            step_ms = self.median(f"step_{case}") * 1000
+            lines.append(
+                f"| Cancel latency {label} (cancel() to slot freed) | {ms:.1f} ms | "
+                f"{ms / step_ms:.2f} x the {step_ms:.0f} ms {step} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=0, help="0: all cores")
+    parser.add_argument("--model", default=None, help="GGUF file (default: bundled model)")
+    parser.add_argument("--no-write", action="store_true", help="do not write results/engine.md")
+    args = parser.parse_args()
+    bench = Bench(args)
+    try:
+        import uvloop
+
+        runner: Callable[..., object] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(bench.run())
+    table = bench.report()
+    print()
+    print(table)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(table)
+        print(f"wrote {RESULTS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
