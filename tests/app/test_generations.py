@@ -61,7 +61,9 @@ def client_for(running: RunningApp) -> httpx.AsyncClient:
 
 
 async def test_resume_gets_exactly_the_missed_events(fake_app: FakeAppFactory) -> None:
-    async with fake_app(fake_tokens_per_s=50.0) as running, client_for(running) as client:
+    # 30 tokens at 20 per second: at least 1.5 s, so the drop and the resume
+    # happen while the generation runs, even on a loaded machine.
+    async with fake_app(fake_tokens_per_s=20.0) as running, client_for(running) as client:
         gen_id = await create(client, max_tokens=30)
         async with client_for(running) as watcher, client_for(running) as second:
             uninterrupted = asyncio.create_task(view(watcher, gen_id))
