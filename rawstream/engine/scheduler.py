@@ -55,7 +55,7 @@ __all__ = ["PREFILL_CHUNK", "Job", "Scheduler", "StepReport"]
 
 #: Most prompt tokens decoded in one step (over all jobs): bounds the time a step
 #: takes, hence the inter-token delay of the other streams and cancel latency.
-PREFILL_CHUNK = 256
+PREFILL_CHUNK = 128
 
 
 @dataclass(eq=False, slots=True)
