@@ -145,8 +145,8 @@ class LlamaEngine(Engine):
     def submit(self, request: GenerationRequest) -> GenerationStream:
         """Admit ``request``; see :meth:`Engine.submit` for the errors raised."""
         scheduler = self._scheduler
-        if self._state is not EngineState.READY or scheduler is None:
-            raise NotReady(f"engine is {self._state}")
+        if self._state is not EngineState.READY or scheduler is None or self._closing:
+            raise NotReady("engine is closing" if self._closing else f"engine is {self._state}")
         backend = scheduler.backend
         assert backend is not None
         if request.max_tokens is not None and request.max_tokens < 1:

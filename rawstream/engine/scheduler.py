@@ -13,6 +13,7 @@ One thread owns the model's context and runs this loop (:meth:`Scheduler.run`)::
     sample each job that got logits; detokenise; check stop strings and limits
     free the slots of finished jobs                        -> ended
     hand the step's report to the event loop with ONE call_soon_threadsafe
+    (cancelled jobs are reported before the decode, in a hop of their own)
 
 A **slot** is a llama.cpp sequence id (``0 .. slots-1``) in a unified KV cache; a
 job keeps its slot from admission to its end, and ``llama_memory_seq_rm`` frees the
@@ -219,6 +220,10 @@ class Scheduler:
         now = time.perf_counter()
         for job in cancels:
             self._cancel(backend, job, now, report)
+        if report.ended:
+            # Acknowledge cancellations now rather than after a decode they are not in.
+            self._deliver(report)
+            report = StepReport(self.steps)
         self._admit(backend, now, report)
         in_batch, sitting_out = self._build_batch(backend)
         n_tokens = backend.batch_size
