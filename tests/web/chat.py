@@ -54,8 +54,9 @@ async def launch_browser() -> AsyncIterator[Browser]:
 
 
 @contextlib.asynccontextmanager
-async def running_app(engine: Engine | None = None, **overrides: Any) -> AsyncIterator[App]:
-    """An App on a free loopback port (fake engine unless told otherwise)."""
+async def running_app(instance: Engine | None = None, **overrides: Any) -> AsyncIterator[App]:
+    """An App on a free loopback port: the fake engine unless ``engine="llama"``, or
+    the engine ``instance`` given (a test-only engine)."""
     settings: dict[str, Any] = {
         "port": 0,
         "access_log": False,
@@ -63,7 +64,7 @@ async def running_app(engine: Engine | None = None, **overrides: Any) -> AsyncIt
         "graceful_timeout": 2.0,
         **overrides,
     }
-    app = App(Config(**settings), engine=engine)
+    app = App(Config(**settings), engine=instance)
     await app.start()
     try:
         yield app

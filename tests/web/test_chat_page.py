@@ -176,7 +176,7 @@ class MarkupEngine(FakeEngine):
 
 async def test_model_output_is_text_never_markup(browser: Browser) -> None:
     config = Config(port=0, engine="fake", fake_tokens_per_s=20)
-    async with running_app(engine=MarkupEngine(config), fake_tokens_per_s=20) as app:
+    async with running_app(MarkupEngine(config), fake_tokens_per_s=20) as app:
         chat = await ChatPage.open(browser, app)
         await chat.settings(max_tokens=len(MarkupEngine.TOKENS))
         await chat.send("Show me some HTML.")

@@ -232,6 +232,7 @@ class Reply {
     this.notice.hidden = true;
     this.el.append(this.notice, this.meta);
     this.text = "";
+    this.via = transport() === "ws" ? "WebSocket" : "SSE";
     this.started = performance.now();
     this.firstAt = null;
     this.ended = false;
@@ -307,7 +308,7 @@ class Reply {
     if (tokens > 1 && this.firstAt !== null && end > this.firstAt) {
       parts.push(`${((tokens - 1) / ((end - this.firstAt) / 1000)).toFixed(1)} tokens/s`);
     }
-    parts.push(label);
+    parts.push(label, this.via);
     this.showMeta(parts.join(" · "));
     if (!this.text) this.turn.content = ""; // an empty reply is not sent back
     finishActive(this);
