@@ -19,12 +19,12 @@ still running is cancelled with it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 from rawstream.app.generation import Generation
 from rawstream.app.openai_api import engine_error
 from rawstream.engine.base import EngineError
+from rawstream.sansio.openai import APIError
 from rawstream.sansio.upgrade import UpgradeAccepted, check_upgrade
 from rawstream.sansio.wsmux import (
     Cancel,
@@ -51,7 +51,7 @@ async def websocket(app: App, exchange: Exchange) -> None:
     try:
         await session.read_loop()
     finally:
-        session.cancel_all()
+        session.cancel_all(tell_client=exchange.shutting_down)
 
 
 class _Session:
@@ -104,11 +104,20 @@ class _Session:
         finally:
             self.running.pop(stream_id, None)
 
-    def cancel_all(self) -> None:
-        """Cancel every stream of this connection (it is closing)."""
-        for gen, task in self.running.values():
+    def cancel_all(self, *, tell_client: bool = False) -> None:
+        """Cancel every stream of this connection (it is closing).
+
+        At shutdown (``tell_client``) each open stream first gets its ``error``
+        with code ``cancelled``; the server then closes the socket with 1001.
+        """
+        for stream_id, (gen, task) in self.running.items():
             gen.cancel()
             task.cancel()
-        with contextlib.suppress(Exception):
-            self.table.clear()
+            if tell_client and stream_id in self.table:
+                self.ws.send_nowait(self.table.fail(stream_id, SHUTDOWN))
+        self.table.clear()
         self.running.clear()
+
+
+#: The error of each stream still open when the server shuts down.
+SHUTDOWN = APIError(503, "the server is shutting down", type="server_error", code="cancelled")

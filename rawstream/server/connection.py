@@ -319,7 +319,7 @@ class HTTPConnection(asyncio.Protocol):
         finally:
             self._task = None
             if self.websocket is not None:
-                self.websocket.handler_finished()
+                self.websocket.handler_finished(shutdown=self._shutdown_cancel)
             elif not exchange.response_started and self.state is not ConnState.CLOSING:
                 self._send_error(500, "handler sent no response")
             if self.config.access_log:
@@ -500,7 +500,11 @@ class HTTPConnection(asyncio.Protocol):
             self._shutdown_cancel = True
             self._cancel_task()  # _run() writes the final event and ends the stream
         elif self.state is ConnState.WEBSOCKET and self.websocket is not None:
-            self.websocket.close_nowait(1001, "server shutting down")
+            # The handler is cancelled first, so it can still tell its client why
+            # (send_nowait); then _run() closes with 1001 "going away".
+            self._shutdown_cancel = True
+            if self._task is None:
+                self.websocket.close_nowait(1001, "server shutting down")
             self._cancel_task()
         # ACTIVE: the response carries "Connection: close" and the cycle then closes.
 

@@ -251,9 +251,26 @@ class WebSocket:
             self.conn.flow.resume_reading(ReadPause.WS_BACKLOG)
         self._wake()
 
-    def handler_finished(self) -> None:
-        """(connection) The handler returned: close normally if still open."""
-        self.close_nowait(NORMAL, "")
+    def handler_finished(self, *, shutdown: bool = False) -> None:
+        """(connection) The handler returned: close if still open (1001 at shutdown)."""
+        if shutdown:
+            self.close_nowait(GOING_AWAY, "server shutting down")
+        else:
+            self.close_nowait(NORMAL, "")
+
+    def send_nowait(self, message: str | bytes) -> bool:
+        """Send one message now, ignoring backpressure; False if the socket is closing.
+
+        For a few last words (a handler cancelled by shutdown cannot await): the
+        bytes join the transport's buffer even if the client is not reading.
+        """
+        if self._ws.state is not ConnectionState.OPEN:
+            return False
+        event = (
+            TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
+        )
+        self._send(event)
+        return True
 
     # ------------------------------------------------------------------ internals
     def _send(self, event: Event) -> None:

@@ -88,9 +88,13 @@ async def test_sigterm_ends_every_stream_with_an_error_event() -> None:
                 assert b"event: error\n" in viewed and b"shutting_down" in viewed
                 assert b"event: done" not in viewed
 
+                # Each open stream is told why it ends, then the socket closes 1001.
+                last: dict[str, object] = {}
                 with pytest.raises(ConnectionClosed) as closed:
                     while True:
-                        await asyncio.wait_for(ws.recv(), TIMEOUT)
+                        last = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                assert last["type"] == "error" and last["id"] == 1
+                assert last["error"]["code"] == "cancelled"  # type: ignore[index]
                 assert closed.value.rcvd is not None
                 assert closed.value.rcvd.code == 1001
 
