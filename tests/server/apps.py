@@ -90,7 +90,8 @@ class StreamApp:
         elif path == "/sse-idle":
             sse = await exchange.start_sse()
             await sse.send(b"data: hello\n\n")
-            await asyncio.Event().wait()
+            # Idle until cancelled: a bare future (an Event would add its own deque).
+            await asyncio.get_running_loop().create_future()
         elif path == "/sse-stubborn":
             sse = await exchange.start_sse()
             n = 0
@@ -117,12 +118,32 @@ class StreamApp:
             with contextlib.suppress(WebSocketClosed):
                 while True:
                     await ws.send(await ws.receive())
+        elif path.startswith("/debug/") and os.environ.get("RAWSTREAM_TEST_DEBUG"):
+            await exchange.respond(200, _debug(path).encode(), content_type=b"text/plain")
         elif path == "/stats":
             stats = self.server.statistics()
             body = {"connections": stats.connections, "accepted": stats.accepted_total}
             await exchange.respond(200, json.dumps(body).encode())
         else:
             await exchange.respond(404, b"not found", content_type=b"text/plain")
+
+
+_baseline: list[object] = []
+
+
+def _debug(path: str) -> str:
+    """``/debug/baseline`` and ``/debug/top``: tracemalloc in the server process
+    (run it with ``PYTHONTRACEMALLOC=1``), for the idle-memory benchmark."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    if path == "/debug/baseline":
+        _baseline[:] = [snapshot]
+        return "ok"
+    stats = snapshot.compare_to(_baseline[0], "lineno")  # type: ignore[arg-type]
+    return "\n".join(str(s) for s in stats[:25])
 
 
 async def _drain(receive: object) -> None:
