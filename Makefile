@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: run test setup check lint clean
+.PHONY: run test setup check lint clean bench
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,12 @@ test: setup
 	@bash scripts/setup.sh --test-tools
 	$(MAKE) check
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+# The benchmark matrix (benchmarks/run.py); `make bench BENCH=--quick` takes a minute.
+BENCH ?= --full
+bench: setup
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) -m benchmarks.run $(BENCH)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Benchmarks: rawstream against framework-based servers (see benchmarks/RESULTS.md)."""

@@ -1,0 +1,1 @@
+"""Peer servers that rawstream is measured against (benchmark-only code)."""
