@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import itertools
 import logging
 import socket
@@ -39,6 +40,38 @@ from rawstream.server.exchange import Exchange
 log = logging.getLogger("rawstream.server")
 
 Handler = Callable[[Exchange], Awaitable[None]]
+
+
+class ShutdownPhase(enum.Enum):
+    """Where a server is in its life, in order; :attr:`Server.phase` only moves forward."""
+
+    RUNNING = "serving requests"
+    STOP_ACCEPTING = "the listening socket is closed: nothing new connects"
+    NOTIFY = "every connection is told (HTTPConnection.begin_shutdown)"
+    DRAIN = "waiting for connections to leave, at most --graceful-timeout"
+    CUT = "aborting every connection left (grace over, or a second signal)"
+    DONE = "every connection is gone; the drain time is recorded"
+
+    @property
+    def description(self) -> str:
+        """What happens in this phase."""
+        return str(self.value)
+
+
+#: The moves between phases. The first signal runs STOP_ACCEPTING, NOTIFY and DRAIN
+#: in one synchronous call, so nothing can come between them; the drain ends in
+#: ``DONE`` when the last connection leaves, or in ``CUT`` when the grace period ends
+#: or a second signal arrives (:meth:`Server.abort`, which may also be called alone).
+#: ``docs/gen.py`` draws ``docs/diagrams/shutdown-phases.md`` from this table.
+SHUTDOWN_TRANSITIONS: dict[ShutdownPhase, frozenset[ShutdownPhase]] = {
+    ShutdownPhase.RUNNING: frozenset({ShutdownPhase.STOP_ACCEPTING, ShutdownPhase.CUT}),
+    ShutdownPhase.STOP_ACCEPTING: frozenset({ShutdownPhase.NOTIFY}),
+    ShutdownPhase.NOTIFY: frozenset({ShutdownPhase.DRAIN}),
+    ShutdownPhase.DRAIN: frozenset({ShutdownPhase.DONE, ShutdownPhase.CUT}),
+    ShutdownPhase.CUT: frozenset({ShutdownPhase.DONE}),
+    ShutdownPhase.DONE: frozenset(),
+}
+_PHASE_ORDER = {phase: i for i, phase in enumerate(ShutdownPhase)}
 
 
 @dataclass(slots=True)
@@ -63,6 +96,8 @@ class Server:
         self.handler = handler
         self.connections: set[HTTPConnection] = set()
         self.shutting_down = False
+        #: Where the server is in its life (see :class:`ShutdownPhase`).
+        self.phase = ShutdownPhase.RUNNING
         self.paused_writers = 0
         self.stall_aborts = 0
         self._ids = itertools.count(1)
@@ -144,6 +179,13 @@ class Server:
         )
 
     # ------------------------------------------------------------------ shutdown
+    def _advance(self, phase: ShutdownPhase) -> None:
+        """Enter ``phase`` unless the server is already there or past it."""
+        if _PHASE_ORDER[phase] > _PHASE_ORDER[self.phase]:
+            assert phase in SHUTDOWN_TRANSITIONS[self.phase], f"{self.phase} -> {phase}"
+            log.debug("shutdown phase %s: %s", phase.name, phase.description)
+            self.phase = phase
+
     def request_shutdown(self) -> None:
         """First signal: start a graceful shutdown; a second one aborts."""
         if self._shutdown_task is None:
@@ -176,12 +218,15 @@ class Server:
             return
         loop = asyncio.get_running_loop()
         self.shutting_down = True
+        self._advance(ShutdownPhase.STOP_ACCEPTING)
         if self._server is not None:
             self._server.close()  # phase 1
+        self._advance(ShutdownPhase.NOTIFY)
         for conn in list(self.connections):  # phase 2
             conn.begin_shutdown()
         if not self.connections:
             self._all_closed.set()
+        self._advance(ShutdownPhase.DRAIN)
         self._shutdown_task = loop.create_task(self._drain(time.perf_counter()))
         self._stop_requested.set()
 
@@ -198,11 +243,13 @@ class Server:
             await self._all_closed.wait()
         # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds.
         self._drain_seconds = time.perf_counter() - started
+        self._advance(ShutdownPhase.DONE)
         log.info("shutdown complete in %.2f s", self._drain_seconds)
 
     def abort(self) -> None:
         """Abort every connection now (their handlers are cancelled)."""
         self.shutting_down = True
+        self._advance(ShutdownPhase.CUT)
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
