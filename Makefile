@@ -14,8 +14,8 @@ run: setup
 	$(PY) -m rawstream serve $(ARGS)
 
 check:
-	$(VENV)/bin/ruff format --check rawstream tests benchmarks
-	$(VENV)/bin/ruff check rawstream tests benchmarks
+	$(VENV)/bin/ruff format --check rawstream tests benchmarks docs
+	$(VENV)/bin/ruff check rawstream tests benchmarks docs
 	$(VENV)/bin/mypy
 
 test: setup
