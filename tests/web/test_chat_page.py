@@ -253,3 +253,18 @@ async def test_phone_width_has_no_horizontal_scroll(browser: Browser) -> None:
         )
         assert max(overflow[:2]) <= overflow[2], overflow
         await expect(chat.page.get_by_label("Message", exact=True)).to_be_in_viewport()
+
+
+async def test_server_gone_is_said_plainly(browser: Browser) -> None:
+    app = App(Config(port=0, access_log=False, engine="fake", graceful_timeout=2.0))
+    await app.start()
+    try:
+        chat = await ChatPage.open(browser, app)
+        await chat.wait_conn("Ready")
+    finally:
+        await app.server.shutdown()
+        await app.close()
+    await chat.send("Hello?")
+    assert await chat.wait_reply_state("error") == "error"
+    assert "Cannot reach the server" in await chat.reply_notice()
+    await chat.wait_conn("Server unreachable")
