@@ -278,6 +278,12 @@ class _Client:
     def note(self) -> None:
         self.changed.set()
 
+    def head_done(self, seen: asyncio.Event) -> None:
+        """A connection got its response head, or failed before it."""
+        self.heads += 1
+        seen.set()
+        self.changed.set()
+
     def content(self, stream: StreamState, t: float) -> None:
         self.rec.content(stream, t)
         if stream.events == 1:
@@ -295,6 +301,7 @@ class SSEConnection(asyncio.Protocol):
         self.stream = StreamState()
         self._reset()
         self.counted_head = False
+        self.head_seen = asyncio.Event()
 
     def _reset(self) -> None:
         self.head: _Head | None = _Head()
@@ -326,8 +333,7 @@ class SSEConnection(asyncio.Protocol):
             self.rec.statuses[self.status] += 1
             if not self.counted_head:
                 self.counted_head = True
-                self.client.heads += 1
-                self.client.note()
+                self.client.head_done(self.head_seen)
             if self.status != 200:
                 self.stream.error = f"status {self.status}"
                 self.rec.errors[f"status_{self.status}"] += 1
@@ -402,8 +408,7 @@ class SSEConnection(asyncio.Protocol):
             return
         if self.head is not None and not self.counted_head:
             self.counted_head = True
-            self.client.heads += 1
-            self.client.note()
+            self.client.head_done(self.head_seen)
         if self.in_body or self.head is not None:
             # Cut in the middle of a response.
             self.rec.errors["connection_lost"] += 1
@@ -441,6 +446,7 @@ class WSConnection(asyncio.Protocol):
         self.fragments: list[bytes] = []
         self.streams: dict[int, StreamState] = {}
         self.upgraded = False
+        self.head_seen = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -470,8 +476,7 @@ class WSConnection(asyncio.Protocol):
             self.head = None
             status, _headers, data = parsed
             self.rec.statuses[status] += 1
-            self.client.heads += 1
-            self.client.note()
+            self.client.head_done(self.head_seen)
             if status != 101:
                 self.rec.errors[f"status_{status}"] += 1
                 assert self.transport is not None
@@ -555,8 +560,7 @@ class WSConnection(asyncio.Protocol):
         if self.rec.stopping:
             return
         if self.head is not None:
-            self.client.heads += 1
-            self.client.note()
+            self.client.head_done(self.head_seen)
         self.rec.errors["connection_lost"] += 1
         self.rec.truncated["no_done"] += len(self.streams)
 
@@ -564,17 +568,18 @@ class WSConnection(asyncio.Protocol):
 async def _connect(client: _Client, factory: Any, gate: asyncio.Semaphore) -> None:
     load = client.load
     async with gate:
-        before = client.heads
         try:
-            await asyncio.get_running_loop().create_connection(factory, load.host, load.port)
+            _transport, protocol = await asyncio.get_running_loop().create_connection(
+                factory, load.host, load.port
+            )
         except OSError as exc:
             client.rec.errors[f"connect_{type(exc).__name__}"] += 1
-            client.heads += 1
-            client.note()
+            client.head_done(asyncio.Event())
             return
-        # Hold the gate until this connection's head arrives: a bounded ramp.
+        # Hold the gate until this connection's head arrives: a bounded ramp that
+        # never overflows the server's accept queue.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_wait_until(client, lambda: client.heads > before), 10)
+            await asyncio.wait_for(protocol.head_seen.wait(), 10)
 
 
 async def _wait_until(client: _Client, condition: Any) -> None:
@@ -755,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gaps-out", default=None)
     parser.add_argument("--ramp-concurrency", type=int, default=200)
     parser.add_argument("--idle", action="store_true", help="up once the head has arrived")
+    parser.add_argument("--ramp-timeout", type=float, default=60.0, help="longest ramp, s")
     args = parser.parse_args(argv)
     raise_fd_limit()
     load = Load(
@@ -782,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
             window_source=source,
             ready=ready,
             ramp_concurrency=args.ramp_concurrency,
+            ramp_timeout=args.ramp_timeout,
             idle=args.idle,
         )
 

@@ -89,7 +89,10 @@ class Plan:
     rounds: int = 3
     rate: float = 20.0  #: fake tokens/s per stream
     warmup: float = 2.0
-    window: float = 6.0
+    window: float = 5.0
+    #: Longest ramp of a stream run: a saturated server accepts new connections slowly,
+    #: so past its capacity the streams that are up when this ends are measured.
+    ramp_timeout: float = 15.0
     sse_streams: tuple[int, ...] = (100, 1000, 5000)
     sse_servers: tuple[str, ...] = (
         "rawstream-uvloop",
@@ -391,6 +394,7 @@ async def stream_run(
         parts = _split(streams, client_processes(streams))
         for i, n in enumerate(parts):
             args = ["--port", str(srv.port), "--mode", mode, "--streams", str(n)]
+            args += ["--ramp-timeout", str(plan.ramp_timeout)]
             if idle:
                 args += ["--idle"]
             clients.append(await ClientProcess.start(args, tmp / f"gaps-{srv.port}-{i}.f32"))
@@ -799,15 +803,16 @@ def markdown(results: Results) -> str:
         rate = results.plan["rate"]
         lines += [f"### {title}, fake engine at {rate:g} tokens/s per stream", ""]
         lines += [
-            "| streams | server | events/s | ITL p50 ms | ITL p99 ms | server CPU % | "
+            "| streams | server | streams up | events/s | ITL p50 ms | ITL p99 ms | server CPU % | "
             "CPU ms / 1k events | RSS MB | errors |",
-            "|" + "---|" * 9,
+            "|" + "---|" * 10,
         ]
         for n in sizes:
             for (w, size, server), m in sorted(s.items()):
                 if w == mode and size == n:
                     lines.append(
-                        f"| {n:,} | {server} | {_fmt(m['events_per_s'])} | "
+                        f"| {n:,} | {server} | {_fmt(m['streams_started'])} | "
+                        f"{_fmt(m['events_per_s'])} | "
                         f"{_fmt(m['itl_p50_ms'], '.1f')} | {_fmt(m['itl_p99_ms'], '.1f')} | "
                         f"{_fmt(m['server_cpu_pct'])} | {_fmt(m['cpu_ms_per_1k_events'], '.1f')} | "
                         f"{_fmt(m['rss_mb'])} | {int(m['error_total'])} |"
