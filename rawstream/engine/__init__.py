@@ -1,4 +1,8 @@
-"""Generation engines: the in-process llama.cpp model and a deterministic fake."""
+"""Generation engines: the in-process llama.cpp model and a deterministic fake.
+
+``create_engine(config)`` builds the one ``config.engine`` names. Importing this
+package does not load llama.cpp; :meth:`LlamaEngine.start` does.
+"""
 
 from rawstream.engine.base import (
     ChatMessage,
@@ -19,6 +23,8 @@ from rawstream.engine.base import (
     collect,
 )
 from rawstream.engine.factory import ENGINES, create_engine
+from rawstream.engine.fake import FakeEngine
+from rawstream.engine.llama import LlamaEngine
 from rawstream.engine.model import ModelNotFoundError, resolve_model
 from rawstream.engine.stream import EngineStream, FlowControl
 
@@ -31,11 +37,13 @@ __all__ = [
     "EngineState",
     "EngineStatistics",
     "EngineStream",
+    "FakeEngine",
     "FinishReason",
     "FlowControl",
     "GenerationRequest",
     "GenerationStream",
     "InvalidRequest",
+    "LlamaEngine",
     "ModelNotFoundError",
     "NotReady",
     "Overloaded",

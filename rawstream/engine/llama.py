@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from pathlib import Path
 
@@ -45,6 +46,8 @@ from rawstream.engine.scheduler import PREFILL_CHUNK, Job, Scheduler, StepReport
 from rawstream.engine.stream import EngineStream
 
 __all__ = ["LlamaEngine"]
+
+log = logging.getLogger("rawstream.engine")
 
 
 def _model_name(path: str | None) -> str:
@@ -79,12 +82,13 @@ class LlamaEngine(Engine):
         return self._state
 
     async def start(self) -> None:
-        """Load the model in the scheduler thread; raise if it cannot be loaded.
+        """Load the model in the scheduler thread, without blocking the loop.
 
         The state is LOADING meanwhile, then READY, or FAILED with :attr:`error`
-        set (and the error raised: a missing model raises
-        :class:`~rawstream.engine.model.ModelNotFoundError` with the fix in its
-        message).
+        set and logged (a missing model gives a
+        :class:`~rawstream.engine.model.ModelNotFoundError` whose message says how
+        to install the default model or pass ``--model``). It does not raise: the
+        server keeps answering ``/health`` with 503.
         """
         if self._started:
             raise RuntimeError("start() may be called once")
@@ -94,9 +98,9 @@ class LlamaEngine(Engine):
             self.model_path = await asyncio.to_thread(resolve_model, self.config.model)
             # importing llama_cpp loads its shared libraries: do it here, not at import
             from rawstream.engine.backend import LlamaBackend
-        except BaseException as exc:
+        except Exception as exc:
             self._fail(exc)
-            raise
+            return
         path = self.model_path
         ready: asyncio.Future[BaseException | None] = loop.create_future()
         self._stopped = loop.create_future()
@@ -128,7 +132,7 @@ class LlamaEngine(Engine):
         error = await ready
         if error is not None:
             self._fail(error)
-            raise error
+            return
         assert self._scheduler.backend is not None
         try:
             self._template = self._scheduler.backend.chat_template()
@@ -141,6 +145,7 @@ class LlamaEngine(Engine):
     def _fail(self, error: BaseException) -> None:
         self.error = error
         self._state = EngineState.FAILED
+        log.error("engine failed: %s", error)
 
     def submit(self, request: GenerationRequest) -> GenerationStream:
         """Admit ``request``; see :meth:`Engine.submit` for the errors raised."""
