@@ -101,6 +101,8 @@ class LlamaEngine(Engine):
         except Exception as exc:
             self._fail(exc)
             return
+        if self._closing:  # close() was called while the path was resolved
+            return
         path = self.model_path
         ready: asyncio.Future[BaseException | None] = loop.create_future()
         self._stopped = loop.create_future()

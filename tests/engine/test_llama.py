@@ -300,3 +300,15 @@ async def test_close_cancels_open_streams(make_engine: MakeEngine) -> None:
         assert stream.result.finish_reason is FinishReason.CANCELLED
     with pytest.raises(NotReady):
         engine.submit(GenerationRequest(prompt="Hi"))
+
+
+async def test_close_while_loading_stops_cleanly() -> None:
+    engine = LlamaEngine(Config(threads=1))
+    starting = asyncio.ensure_future(engine.start())
+    await asyncio.sleep(0)  # let start() begin
+    async with asyncio.timeout(TIMEOUT):
+        await engine.close()
+        await starting
+    assert engine.state is EngineState.STOPPED
+    with pytest.raises(NotReady):
+        engine.submit(GenerationRequest(prompt="Hi"))
