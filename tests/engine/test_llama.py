@@ -144,7 +144,7 @@ async def test_cancel_during_prompt_frees_the_slot(make_engine: MakeEngine) -> N
 
 async def test_cancel_during_generation_frees_the_slot(make_engine: MakeEngine) -> None:
     engine = await make_engine(parallel=1)
-    first = submit(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=1000))
+    first = submit(engine, GenerationRequest(prompt=PROMPTS[0], temperature=0, max_tokens=1000))
     second = submit(engine, GenerationRequest(prompt="Hello", max_tokens=4))
     async with asyncio.timeout(TIMEOUT):
         await anext(aiter(first))
@@ -278,7 +278,8 @@ async def test_admission_errors(make_engine: MakeEngine) -> None:
         engine.submit(GenerationRequest(prompt="word " * 400))
     assert too_long.value.status == 400
     assert engine.statistics().decode_steps_total == 0  # refused before any work
-    streams = [engine.submit(GenerationRequest(prompt="Hi", max_tokens=200)) for _ in range(2)]
+    long_running = GenerationRequest(prompt=PROMPTS[0], temperature=0, max_tokens=200)
+    streams = [engine.submit(long_running) for _ in range(2)]
     with pytest.raises(Overloaded) as overloaded:
         engine.submit(GenerationRequest(prompt="Hi"))
     assert overloaded.value.retry_after >= 1
@@ -291,7 +292,8 @@ async def test_admission_errors(make_engine: MakeEngine) -> None:
 
 async def test_close_cancels_open_streams(make_engine: MakeEngine) -> None:
     engine = await make_engine(parallel=1, max_queue=2)
-    streams = [engine.submit(GenerationRequest(prompt="Hi", max_tokens=500)) for _ in range(2)]
+    long_running = GenerationRequest(prompt=PROMPTS[0], temperature=0, max_tokens=500)
+    streams = [engine.submit(long_running) for _ in range(2)]
     async with asyncio.timeout(TIMEOUT):
         await engine.close()
     assert engine.state is EngineState.STOPPED
