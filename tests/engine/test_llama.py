@@ -95,7 +95,7 @@ async def test_chat_completion_is_sensible(make_engine: MakeEngine) -> None:
 async def test_four_concurrent_streams_complete(make_engine: MakeEngine) -> None:
     engine = await make_engine(parallel=4)
     requests = [
-        chat("What is the capital of France?", temperature=0.0, max_tokens=120),
+        chat("What is the capital of France?", temperature=0.0, max_tokens=200),
         GenerationRequest(prompt=PROMPTS[0], temperature=0.0, max_tokens=24),
         GenerationRequest(prompt=PROMPTS[1], temperature=0.0, max_tokens=17),
         GenerationRequest(prompt="1, 2, 3, 4,", temperature=0.0, max_tokens=64, stop=(" 9",)),
