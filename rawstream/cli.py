@@ -121,7 +121,13 @@ async def _serve(config: Config, app_factory: Callable[[Config], Runnable]) -> i
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, app.server.request_shutdown)
-    await app.start()
+    try:
+        await app.start()
+    except Exception as exc:  # a missing model, a broken file: say so and exit
+        logging.getLogger("rawstream").error("%s", exc)
+        app.server.abort()
+        await app.close()
+        return 1
     await app.server.wait_shutdown()
     await app.close()
     return 0

@@ -109,6 +109,10 @@ ROUTES = (
 )
 
 
+class StartupError(RuntimeError):
+    """The server cannot serve (e.g. the model is missing); the message says why."""
+
+
 class App:
     """rawstream's endpoints on one :class:`Server` (see the module docstring)."""
 
@@ -138,7 +142,10 @@ class App:
         }
 
     async def start(self) -> None:
-        """Listen at once (health says loading), then load the model."""
+        """Listen at once (health says loading), then load the model.
+
+        Raises :class:`StartupError` if the engine fails to start.
+        """
         await self.server.start()
         c = self.config
         log.info(
@@ -150,7 +157,8 @@ class App:
         if self.engine.state is EngineState.READY:
             log.info("model ready: %s", self.engine.model_name)
         else:
-            log.error("engine failed to start; /health answers 503")
+            error = getattr(self.engine, "error", None)
+            raise StartupError(f"the engine failed to start: {error or 'no detail'}")
 
     async def close(self) -> None:
         """After the server drained: stop generations and release the engine."""
