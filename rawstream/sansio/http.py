@@ -36,7 +36,10 @@ pure functions, so that they can be read, tested and changed in one place:
   space (section 5.2: a server MUST either reject the message or replace each
   obs-fold with SP). rawstream keeps both of h11's choices: neither lets one
   request be read as two, because rawstream is the only parser on the connection.
-  Behind a proxy, the proxy's stricter parse runs first.
+  Behind a proxy, the proxy's stricter parse runs first. One deviation: section
+  2.2 says a server "SHOULD ignore at least one empty line (CRLF) received prior
+  to the request-line"; h11 refuses such a request with 400, and rawstream keeps
+  that (clients that send a stray CRLF after a body are from the HTTP/1.0 era).
 * **Reason phrases.** h11 sends ``HTTP/1.1 200 `` with an empty reason unless it is
   given one, and some clients (h2load) count such a response as failed; every
   response rawstream sends carries the phrase from :data:`REASONS`.
