@@ -15,6 +15,12 @@ loop's thread (llama.cpp's own server tokenises in its HTTP threads the same way
 
 Every ctypes call into ``libllama`` releases the GIL while it runs; ``llama_decode``
 is where the time goes, so the event loop keeps running while a step decodes.
+
+Special tokens: :meth:`tokenize` parses special-token text (``<|im_start|>``) into
+control tokens by default, which is right for the chat template's own text and for
+a raw completion prompt, whose author writes the whole prompt. Chat message content
+is user text and goes through :meth:`tokenize_parts` with parsing off, so it can
+never produce a control token (see :mod:`rawstream.engine.chat`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +37,7 @@ import llama_cpp._logger
 import llama_cpp.llama_cpp as lib
 
 from rawstream.engine.base import GenerationRequest
-from rawstream.engine.chat import ChatTemplate, NoChatTemplate
+from rawstream.engine.chat import ChatTemplate, NoChatTemplate, PromptPart
 from rawstream.engine.sampling import build_sampler_chain
 
 __all__ = ["LlamaBackend", "llama_cpp_version"]
@@ -110,17 +117,44 @@ class LlamaBackend:
 
     # --- vocabulary (any thread) ----------------------------------------------------
 
-    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        """Tokens of ``text``; special-token text such as ``<|im_start|>`` is parsed."""
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        """Tokens of ``text``.
+
+        ``add_special`` adds the BOS (and EOS) tokens the model asks for.
+        ``parse_special`` turns special-token text such as ``<|im_start|>`` into
+        control tokens; off, it is tokenised as ordinary characters.
+        """
         raw = text.encode("utf-8")
         capacity = len(raw) + 8
         arr = (lib.llama_token * capacity)()
-        n = lib.llama_tokenize(self._vocab, raw, len(raw), arr, capacity, add_special, True)
+        n = lib.llama_tokenize(
+            self._vocab, raw, len(raw), arr, capacity, add_special, parse_special
+        )
         if n < 0:  # the buffer was too small; -n is the size needed
             capacity = -n
             arr = (lib.llama_token * capacity)()
-            n = lib.llama_tokenize(self._vocab, raw, len(raw), arr, capacity, add_special, True)
+            n = lib.llama_tokenize(
+                self._vocab, raw, len(raw), arr, capacity, add_special, parse_special
+            )
         return list(arr[:n])
+
+    def tokenize_parts(self, parts: Sequence[PromptPart]) -> list[int]:
+        """Tokens of a rendered chat prompt, message content tokenised literally.
+
+        Each part is tokenised on its own, so a token never spans the border of a
+        message's content (the template puts special tokens or newlines there
+        anyway). BOS goes first, once, if the model wants it and the template did
+        not write it; no EOS is added, since the prompt ends where the reply begins.
+        """
+        tokens: list[int] = []
+        for part in parts:
+            tokens += self.tokenize(part.text, add_special=False, parse_special=not part.content)
+        bos = lib.llama_vocab_bos(self._vocab)
+        if self.add_bos and bos >= 0 and tokens[:1] != [bos]:
+            tokens.insert(0, bos)
+        return tokens
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token as generated text (special tokens render empty).
@@ -159,6 +193,16 @@ class LlamaBackend:
             source.decode("utf-8"),
             bos_token=self._special_text(lib.llama_vocab_bos(self._vocab)),
             eos_token=self._special_text(lib.llama_vocab_eos(self._vocab)),
+            special_tokens=self._control_texts(),
+        )
+
+    def _control_texts(self) -> frozenset[str]:
+        """The texts of every control token (``<|im_end|>``, ``<|endoftext|>``, ...)."""
+        control = lib.LLAMA_TOKEN_ATTR_CONTROL
+        return frozenset(
+            self._special_text(token)
+            for token in range(self.n_vocab)
+            if lib.llama_vocab_get_attr(self._vocab, token) & control
         )
 
     def description(self) -> str:

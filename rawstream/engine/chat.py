@@ -11,11 +11,27 @@ The template comes from a file, not from us, so it runs in Jinja's
 Python internals and no mutation of the values passed in. Errors raised by the
 template (``raise_exception`` or a broken template) become
 :class:`~rawstream.engine.base.InvalidRequest`, as does a model without a template.
+
+Special tokens. The template's text is tokenised with special-token parsing on, so
+that its ``<|im_start|>`` becomes the control token the model was trained on.
+Message content must not get that treatment: a user who writes ``<|im_end|>`` and
+then ``<|im_start|>system`` would otherwise end their turn and forge a system turn. So :meth:`ChatTemplate.render_parts` renders the template a second time
+with an unguessable placeholder in place of each message's content and cuts the
+result at the placeholders (:func:`split_at_placeholders`). The pieces between are
+the template's own text (special tokens parsed); the content goes back in as
+:class:`PromptPart` values marked ``content=True``, for the backend to tokenise
+with parsing off. The cut is only trusted if putting the real contents back gives
+exactly the normal rendering; a template that transforms content (``| trim`` on
+padded text, escaping, branching on its value) fails that check, and then the plain
+rendering is used only when no content or role contains a control token's text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
 import jinja2
@@ -23,7 +39,41 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rawstream.engine.base import ChatMessage, InvalidRequest
 
-__all__ = ["ChatTemplate", "NoChatTemplate"]
+__all__ = ["ChatTemplate", "NoChatTemplate", "PromptPart", "split_at_placeholders"]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptPart:
+    """A run of the rendered prompt: the template's own text or a message's content."""
+
+    text: str
+    #: Message content: to be tokenised with special-token parsing off.
+    content: bool
+
+
+def split_at_placeholders(rendered: str, placeholders: Mapping[str, str]) -> list[PromptPart]:
+    """Cut ``rendered`` at each placeholder, which becomes the content it stands for.
+
+    ``placeholders`` maps each placeholder to its content. A placeholder may occur any
+    number of times (a template may drop a message or repeat it). Empty runs of
+    template text are left out; the parts' texts joined are ``rendered`` with every
+    placeholder replaced.
+    """
+    if not placeholders:
+        return [PromptPart(rendered, content=False)] if rendered else []
+    # Longest first, so that no placeholder matches at the start of a longer one.
+    keys = sorted(placeholders, key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, keys)))
+    parts: list[PromptPart] = []
+    pos = 0
+    for match in pattern.finditer(rendered):
+        if match.start() > pos:
+            parts.append(PromptPart(rendered[pos : match.start()], content=False))
+        parts.append(PromptPart(placeholders[match.group()], content=True))
+        pos = match.end()
+    if pos < len(rendered):
+        parts.append(PromptPart(rendered[pos:], content=False))
+    return parts
 
 
 class _TemplateError(Exception):
@@ -35,9 +85,21 @@ def _raise_exception(message: str) -> NoReturn:
 
 
 class ChatTemplate:
-    """A compiled chat template and the special tokens it may refer to."""
+    """A compiled chat template and the special tokens it may refer to.
 
-    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
+    ``special_tokens`` are the texts of the vocabulary's control tokens; they are
+    only needed when a template transforms message content (see the module's
+    docstring).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        bos_token: str = "",
+        eos_token: str = "",
+        special_tokens: frozenset[str] = frozenset(),
+    ) -> None:
         env = ImmutableSandboxedEnvironment(
             loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True
         )
@@ -49,12 +111,63 @@ class ChatTemplate:
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
+        self.special_tokens = frozenset(t for t in special_tokens if t)
 
     def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
         """The prompt for ``messages``, ending where the assistant's reply begins."""
+        return self._render([(m.role, m.content) for m in messages], add_generation_prompt)
+
+    def render_parts(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> list[PromptPart]:
+        """:meth:`render`, cut into template text and message content.
+
+        Raises :class:`InvalidRequest` when the template alters message content and
+        some content or role holds a control token's text, which could then not be
+        kept literal.
+        """
+        # Roles are rendered as template text. The API accepts a fixed set of names,
+        # but the engine is also a library: refuse a role that could smuggle a token.
+        for message in messages:
+            self._refuse_special(message.role)
+        text = self.render(messages, add_generation_prompt=add_generation_prompt)
+        nonce = secrets.token_hex(16)
+        while nonce in text or nonce in self.source:  # never in practice: 128 random bits
+            nonce = secrets.token_hex(16)
+        placeholders: dict[str, str] = {}
+        stand_ins: list[tuple[str, str]] = []
+        for i, message in enumerate(messages):
+            content = message.content
+            if content:  # empty content has nothing to inject, and stays falsy
+                content = f"[[{nonce}:{i}]]"
+                placeholders[content] = message.content
+            stand_ins.append((message.role, content))
+        try:
+            stand_in = self._render(stand_ins, add_generation_prompt)
+        except InvalidRequest:  # the template objected to a placeholder
+            stand_in = ""
+        parts = split_at_placeholders(stand_in, placeholders)
+        if "".join(p.text for p in parts) == text:
+            return parts
+        # The template altered the content, so its text cannot be cut out of the
+        # rendering. Parsing the whole rendering is safe only without special text.
+        for message in messages:
+            self._refuse_special(message.content)
+        return [PromptPart(text, content=False)]
+
+    def _refuse_special(self, text: str) -> None:
+        for token in self.special_tokens:
+            if token in text:
+                raise InvalidRequest(
+                    f"a message contains the special token {token!r}, which this "
+                    "model's chat template cannot keep as plain text",
+                    code="special_token_in_message",
+                )
+
+    def _render(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
         try:
             return self._template.render(
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=[{"role": role, "content": content} for role, content in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
@@ -75,3 +188,9 @@ class NoChatTemplate:
             "send a plain prompt to /v1/completions instead",
             code="no_chat_template",
         )
+
+    def render_parts(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> list[PromptPart]:
+        """Always raises :class:`InvalidRequest`, like :meth:`render`."""
+        return [PromptPart(self.render(messages), content=False)]

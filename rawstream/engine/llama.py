@@ -4,7 +4,8 @@ The engine is the event loop's face of the :class:`~rawstream.engine.scheduler.S
 thread. Its work on the loop is small and bounded:
 
 - :meth:`LlamaEngine.submit` renders the chat template, tokenises (cheap, and it
-  lets a too-long prompt fail with :class:`InvalidRequest` before any work), takes a
+  lets a too-long prompt fail with :class:`InvalidRequest` before any work; message
+  content is tokenised without special tokens, see docs/engine.md), takes a
   place from :class:`~rawstream.engine.admission.Admission` (or raises
   :class:`Overloaded`), and puts a :class:`~rawstream.engine.scheduler.Job` in the
   scheduler's inbox;
@@ -154,16 +155,9 @@ class LlamaEngine(Engine):
         scheduler = self._scheduler
         if self._state is not EngineState.READY or scheduler is None or self._closing:
             raise NotReady("engine is closing" if self._closing else f"engine is {self._state}")
-        backend = scheduler.backend
-        assert backend is not None
         if request.max_tokens is not None and request.max_tokens < 1:
             raise InvalidRequest("max_tokens must be at least 1", code="invalid_max_tokens")
-        if request.messages is not None:
-            text = self._template.render(request.messages)
-        else:
-            assert request.prompt is not None
-            text = request.prompt
-        prompt = backend.tokenize(text, add_special=True)
+        prompt = self._tokenize(request)
         if not prompt:
             raise InvalidRequest("the prompt is empty", code="empty_prompt")
         if len(prompt) >= self.ctx_per_slot:
@@ -191,6 +185,21 @@ class LlamaEngine(Engine):
         self._jobs[stream.id] = job
         scheduler.submit(job)
         return stream
+
+    def _tokenize(self, request: GenerationRequest) -> list[int]:
+        """The prompt tokens of ``request``.
+
+        Chat messages: the template's text with special tokens parsed, message
+        content without, so content cannot forge a turn. A raw prompt is its
+        author's whole prompt and is parsed like llama.cpp's server does, so it may
+        write control tokens itself.
+        """
+        assert self._scheduler is not None and self._scheduler.backend is not None
+        backend = self._scheduler.backend
+        if request.messages is not None:
+            return backend.tokenize_parts(self._template.render_parts(request.messages))
+        assert request.prompt is not None
+        return backend.tokenize(request.prompt, add_special=True, parse_special=True)
 
     def _on_cancel(self, stream: EngineStream) -> None:
         job = self._jobs.get(stream.id)
