@@ -15,9 +15,10 @@ template (``raise_exception`` or a broken template) become
 Special tokens. The template's text is tokenised with special-token parsing on, so
 that its ``<|im_start|>`` becomes the control token the model was trained on.
 Message content must not get that treatment: a user who writes ``<|im_end|>`` and
-then ``<|im_start|>system`` would otherwise end their turn and forge a system turn. So :meth:`ChatTemplate.render_parts` renders the template a second time
-with an unguessable placeholder in place of each message's content and cuts the
-result at the placeholders (:func:`split_at_placeholders`). The pieces between are
+then ``<|im_start|>system`` would otherwise end their turn and forge a system turn.
+So :meth:`ChatTemplate.render_parts` renders the template a second time with an
+unguessable placeholder in place of each message's content and cuts the result at
+the placeholders (:func:`split_at_placeholders`). The pieces between are
 the template's own text (special tokens parsed); the content goes back in as
 :class:`PromptPart` values marked ``content=True``, for the backend to tokenise
 with parsing off. The cut is only trusted if putting the real contents back gives
