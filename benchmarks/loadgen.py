@@ -380,6 +380,7 @@ class SSEConnection(asyncio.Protocol):
             self.client.content(stream, t)
 
     def _end(self, t: float, *, reuse: bool) -> None:
+        self.in_body = False
         stream = self.stream
         outcome = stream.outcome()
         rec = self.rec
@@ -415,7 +416,7 @@ class SSEConnection(asyncio.Protocol):
             if self.in_body:
                 self.rec.truncated["no_done"] += 1
             if self.finished is not None and not self.finished.done():
-                self.stream.error = self.stream.error or "connection lost"
+                # Its outcome says what was seen before the cut: no_done or null_finish.
                 self.finished.set_result(self.stream.report(time.monotonic()))
 
 
