@@ -215,3 +215,17 @@ def parse_request(event: h11.Request) -> Request:
 def error_body(status: int, message: str) -> bytes:
     """A small plain-text body for an error the server answers by itself."""
     return f"{status} {reason(status).decode()}: {message}\n".encode()
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` framed as one chunk of a chunked body (RFC 9112 section 7.1).
+
+    "chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF", with the size in hex.
+    Empty data gives no bytes at all: a chunk of size zero is the *last-chunk*,
+    which ends the body, and only h11's ``EndOfMessage`` may send that. This is
+    exactly what h11 writes for ``Data`` on a chunked response; the SSE writer
+    uses it on its hot path (see :mod:`rawstream.server.sse`).
+    """
+    if not data:
+        return b""
+    return b"%x\r\n%b\r\n" % (len(data), data)

@@ -373,6 +373,17 @@ class HTTPConnection(asyncio.Protocol):
             return len(data)
         return 0
 
+    def write_raw(self, data: bytes) -> int:
+        """Write bytes that are already framed (see :meth:`SSEStream._write`).
+
+        Raises :class:`ConnectionGone` if the connection is closing.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionGone("connection closed")
+        transport.write(data)
+        return len(data)
+
     def _send_error(
         self,
         status: int,

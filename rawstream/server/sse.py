@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import h11
 
+from rawstream.sansio.http import chunk
+
 if TYPE_CHECKING:
     from rawstream.server.exchange import Exchange
 
@@ -38,6 +40,7 @@ class SSEStream:
     """Writes events to one SSE response (see the module docstring)."""
 
     __slots__ = (
+        "_chunked",
         "_conn",
         "_ended",
         "_exchange",
@@ -55,6 +58,10 @@ class SSEStream:
         self._ended = False
         #: No more events can be written (ended, or a HEAD request: headers only).
         self.closed = exchange.request.method == "HEAD"
+        # h11 chose the body's framing when it sent the head: chunked for an
+        # HTTP/1.1 client, close-delimited for HTTP/1.0 (the same test h11 makes).
+        version = self._conn.h11.their_http_version if self._conn.h11 else None
+        self._chunked = version is not None and version >= b"1.1" and not self.closed
         interval = self._conn.config.sse_heartbeat
         self._heartbeat: asyncio.TimerHandle | None = (
             asyncio.get_running_loop().call_later(interval, self._beat) if interval > 0 else None
@@ -71,7 +78,16 @@ class SSEStream:
     def _write(self, data: bytes) -> None:
         if self.closed:
             return
-        self._exchange.bytes_sent += self._conn.send(h11.Data(data=data))
+        conn = self._conn
+        if self._chunked and not conn.trace.enabled:
+            # The hot path: one event per token for every stream. h11 keeps no
+            # state for the chunks of a chunked body, so framing them here writes
+            # the same bytes and skips its per-event state machine pass (about a
+            # sixth of the server's CPU per event). With --trace, h11 does it, so
+            # every Data event shows in the trace.
+            self._exchange.bytes_sent += conn.write_raw(chunk(data))
+        else:
+            self._exchange.bytes_sent += conn.send(h11.Data(data=data))
         self._wrote = True
 
     def _beat(self) -> None:

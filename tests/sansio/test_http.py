@@ -7,6 +7,7 @@ import pytest
 
 from rawstream.sansio.http import (
     BadRequest,
+    chunk,
     error_body,
     head_size,
     parse_request,
@@ -137,3 +138,16 @@ def test_reason_phrases_and_error_body() -> None:
     assert reason(505) == b"HTTP Version Not Supported"
     assert reason(599) == b"Unknown"
     assert error_body(400, "bad") == b"400 Bad Request: bad\n"
+
+
+@pytest.mark.parametrize("data", [b"x", b"data: hello\n\n", bytes(range(256)) * 70])
+def test_chunk_is_what_h11_writes_for_data(data: bytes) -> None:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.next_event()
+    conn.send(h11.Response(status_code=200, headers=[], reason=b"OK"))
+    assert chunk(data) == conn.send(h11.Data(data=data))
+
+
+def test_empty_chunk_is_nothing_not_the_last_chunk() -> None:
+    assert chunk(b"") == b""
