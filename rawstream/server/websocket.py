@@ -53,7 +53,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
-from rawstream.server.errors import WebSocketClosed
+from rawstream.sansio.wsframe import data_frame
+from rawstream.server.errors import ConnectionGone, WebSocketClosed
 from rawstream.server.flow import ReadPause
 
 if TYPE_CHECKING:
@@ -217,10 +218,24 @@ class WebSocket:
             await flow.wait_writable()
         if self._ws.state is not ConnectionState.OPEN:
             raise WebSocketClosed(self.close_code or ABNORMAL, self.close_reason)
-        event = (
-            TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
-        )
-        self._send(event)
+        if self.conn.trace.enabled:
+            # wsproto frames it, so the trace shows the event.
+            self._send(
+                TextMessage(data=message)
+                if isinstance(message, str)
+                else BytesMessage(data=message)
+            )
+            return
+        # The hot path (one message per token delta): a complete server message
+        # is one unmasked frame, written directly (see rawstream.sansio.wsframe).
+        if isinstance(message, str):
+            frame = data_frame(message.encode())
+        else:
+            frame = data_frame(message, binary=True)
+        try:
+            self.conn.write_raw(frame)
+        except ConnectionGone:
+            raise WebSocketClosed(self.close_code or ABNORMAL, self.close_reason) from None
 
     async def close(self, code: int = NORMAL, reason: str = "") -> None:
         """Start the close handshake and wait until the connection is closed."""
