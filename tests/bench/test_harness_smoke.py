@@ -47,7 +47,11 @@ async def test_tiny_matrix_gives_well_formed_results() -> None:
         assert run["error_count"] == 0, run["errors"]
         assert run["events"] > 0
         for key in ("events_per_s", "itl_p50_ms", "itl_p99_ms", "cpu_ms_per_1k_events", "rss_mb"):
-            assert isinstance(run[key], float) and math.isfinite(run[key]) and run[key] > 0, key
+            assert isinstance(run[key], float) and math.isfinite(run[key]), key
+            # The kernel counts process CPU in 10 ms ticks: a few hundred events in
+            # a one-second window can cost less than one tick, so CPU may read 0.
+            floor = 0.0 if key == "cpu_ms_per_1k_events" else 1e-9
+            assert run[key] >= floor, key
         assert run["itl_p50_ms"] <= run["itl_p99_ms"]
     assert {(r["workload"], r["server"]) for r in results.runs} == {
         (w, s) for w in ("sse", "ws") for s in SERVERS
