@@ -152,11 +152,8 @@ class Generations:
 
     async def events(self, exchange: Exchange, gen_id: str) -> None:
         """``GET /v1/generations/{id}/events``."""
-        entry = self.logs.get(gen_id)
+        entry = await self._find(exchange, gen_id)
         if entry is None:
-            await respond_error(
-                exchange, APIError(404, f"no generation {gen_id!r}", code="not_found")
-            )
             return
         raw = exchange.request.header(b"last-event-id")
         text = (
@@ -202,15 +199,20 @@ class Generations:
 
     async def cancel(self, exchange: Exchange, gen_id: str) -> None:
         """``DELETE /v1/generations/{id}``: stop generating (viewers get the final event)."""
-        entry = self.logs.get(gen_id)
+        entry = await self._find(exchange, gen_id)
         if entry is None:
-            await respond_error(
-                exchange, APIError(404, f"no generation {gen_id!r}", code="not_found")
-            )
             return
         if entry.generation is not None:
             entry.generation.cancel()
         await exchange.respond(200, json.dumps({"id": gen_id, "cancelled": True}).encode())
+
+    async def _find(self, exchange: Exchange, gen_id: str) -> GenerationLog | None:
+        """The generation ``gen_id``, or ``None`` after answering 404."""
+        entry = self.logs.get(gen_id)
+        if entry is None:
+            error = APIError(404, f"no generation {gen_id!r}", code="not_found")
+            await respond_error(exchange, error)
+        return entry
 
     # ------------------------------------------------------------------ lifecycle
     async def _pump(self, entry: GenerationLog, gen: Generation) -> None:
