@@ -11,6 +11,8 @@ What is generated, and from where:
   ``TRANSITIONS`` in :mod:`rawstream.server.connection`;
 * ``docs/diagrams/shutdown-phases.md``: the shutdown phases, from ``ShutdownPhase``
   and ``SHUTDOWN_TRANSITIONS`` in :mod:`rawstream.server.server`;
+* ``docs/diagrams/ws-stream-states.md``: the states of a ``/v1/ws`` stream, from
+  ``STREAM_TRANSITIONS`` in :mod:`rawstream.sansio.wsmux`;
 * in ``docs/*.md``, every region between ``<!-- BEGIN GENERATED: NAME -->`` and
   ``<!-- END GENERATED: NAME -->``: the same diagrams, and the tables of
   ``docs/reference.md`` (flags from :mod:`rawstream.config`, endpoints from
@@ -38,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rawstream.config import Config, flag_name, options  # noqa: E402
+from rawstream.sansio.wsmux import STREAM_TRANSITIONS, StreamState  # noqa: E402
 from rawstream.server.connection import TRANSITIONS, ConnState  # noqa: E402
 from rawstream.server.server import SHUTDOWN_TRANSITIONS, ShutdownPhase  # noqa: E402
 
@@ -69,6 +72,13 @@ SHUTDOWN_EDGES: dict[tuple[ShutdownPhase, ShutdownPhase], str] = {
     (ShutdownPhase.DRAIN, ShutdownPhase.DONE): "last connection left in time",
     (ShutdownPhase.DRAIN, ShutdownPhase.CUT): "grace period over, or a second signal",
     (ShutdownPhase.CUT, ShutdownPhase.DONE): "last aborted connection gone",
+}
+
+
+WS_STREAM_EDGES: dict[tuple[StreamState, StreamState], str] = {
+    (StreamState.LIVE, StreamState.CANCELLING): "client sends cancel (StreamTable.receive)",
+    (StreamState.LIVE, StreamState.ENDED): "done or error sent (finish, fail)",
+    (StreamState.CANCELLING, StreamState.ENDED): "done with finish_reason cancelled (finish)",
 }
 
 
@@ -112,6 +122,15 @@ def shutdown_diagram() -> str:
     table = ["| Phase | What happens |", "|---|---|"]
     table += [f"| `{p.name}` | {p.description} |" for p in ShutdownPhase]
     return _state_diagram(edges, ShutdownPhase.RUNNING, finals) + "\n\n" + "\n".join(table)
+
+
+def ws_stream_diagram() -> str:
+    """The states of one ``/v1/ws`` logical stream as Mermaid, and as a table."""
+    edges = _edges(STREAM_TRANSITIONS, WS_STREAM_EDGES, "wsmux STREAM_TRANSITIONS")
+    finals = [s for s, nxt in STREAM_TRANSITIONS.items() if not nxt]
+    table = ["| From | To | When |", "|---|---|---|"]
+    table += [f"| `{a.name}` | `{b.name}` | {label} |" for a, b, label in edges]
+    return _state_diagram(edges, StreamState.LIVE, finals) + "\n\n" + "\n".join(table)
 
 
 # --------------------------------------------------------------------------- reference
@@ -343,6 +362,7 @@ def close_codes_table() -> str:
 REGIONS: dict[str, Callable[[], str]] = {
     "connection-states": connection_diagram,
     "shutdown-phases": shutdown_diagram,
+    "ws-stream-states": ws_stream_diagram,
     "flags": flags_table,
     "endpoints": endpoints_table,
     "metrics": metrics_table,
@@ -354,6 +374,7 @@ REGIONS: dict[str, Callable[[], str]] = {
 DIAGRAM_PAGES = [
     ("connection-states.md", "Connection states", "connection-states"),
     ("shutdown-phases.md", "Shutdown phases", "shutdown-phases"),
+    ("ws-stream-states.md", "WebSocket stream states", "ws-stream-states"),
 ]
 
 _REGION = re.compile(

@@ -76,6 +76,7 @@ from rawstream.sansio.openai import APIError, CompletionRequest, chat_completion
 __all__ = [
     "MAX_ID_CHARS",
     "MAX_INT_ID",
+    "STREAM_TRANSITIONS",
     "SUBPROTOCOL",
     "Cancel",
     "ClientMessage",
@@ -84,6 +85,7 @@ __all__ = [
     "Ping",
     "Rejected",
     "StreamId",
+    "StreamState",
     "StreamTable",
     "Violation",
     "choose_subprotocol",
@@ -332,14 +334,36 @@ def encode_pong() -> str:
 # --- the per-connection state machine ---------------------------------------------------
 
 
+class StreamState(enum.Enum):
+    """The life of one logical stream, as :class:`StreamTable` tracks it."""
+
+    LIVE = "live"  #: a generate was accepted; deltas flow
+    CANCELLING = "cancelling"  #: the client sent cancel; deltas in flight may still arrive
+    ENDED = "ended"  #: its one done or error is encoded; the id is free again
+
+
+#: The moves a stream can make, and nothing else (``docs/gen.py`` draws
+#: ``docs/diagrams/ws-stream-states.md`` from this table). A refused generate never
+#: becomes a stream: its error is the only message with its id.
+STREAM_TRANSITIONS: dict[StreamState, frozenset[StreamState]] = {
+    StreamState.LIVE: frozenset({StreamState.CANCELLING, StreamState.ENDED}),
+    StreamState.CANCELLING: frozenset({StreamState.ENDED}),
+    StreamState.ENDED: frozenset(),
+}
+
+
 class _Stream:
-    __slots__ = ("cancel_requested", "prefix", "seq")
+    __slots__ = ("prefix", "seq", "state")
 
     def __init__(self, id: StreamId) -> None:
         self.seq = 0
-        self.cancel_requested = False
+        self.state = StreamState.LIVE
         # Everything of a delta message before its seq number, encoded once.
         self.prefix = f'{{"type":"delta","id":{_id_json(id)},"seq":'
+
+    def move(self, state: StreamState) -> None:
+        assert state in STREAM_TRANSITIONS[self.state], f"{self.state} -> {state}"
+        self.state = state
 
 
 class StreamTable:
@@ -392,9 +416,9 @@ class StreamTable:
             return encode_pong()
         if isinstance(message, Cancel):
             stream = self._streams.get(message.id)
-            if stream is None or stream.cancel_requested:
+            if stream is None or stream.state is not StreamState.LIVE:
                 return None
-            stream.cancel_requested = True
+            stream.move(StreamState.CANCELLING)
             return message
         # Generate.
         if message.id in self._streams:
@@ -429,6 +453,8 @@ class StreamTable:
         ``error``.
         """
         stream = self._streams.pop(id)
+        asked_to_cancel = stream.state is StreamState.CANCELLING
+        stream.move(StreamState.ENDED)
         reason = result.finish_reason
         if reason is FinishReason.ERROR:
             return encode_error(
@@ -437,7 +463,7 @@ class StreamTable:
                 type="server_error",
                 code="engine_error",
             )
-        if reason is FinishReason.CANCELLED and not stream.cancel_requested:
+        if reason is FinishReason.CANCELLED and not asked_to_cancel:
             return encode_error(
                 id, "the server cancelled the stream", type="server_error", code="cancelled"
             )
@@ -445,7 +471,7 @@ class StreamTable:
 
     def fail(self, id: StreamId, error: APIError) -> str:
         """End stream ``id`` with ``error`` (e.g. the engine refused it at submit)."""
-        del self._streams[id]
+        self._streams.pop(id).move(StreamState.ENDED)
         return encode_error(id, error.message, type=error.type, code=error.code, param=error.param)
 
     def clear(self) -> tuple[StreamId, ...]:
