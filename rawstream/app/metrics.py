@@ -117,6 +117,11 @@ class _StatisticsCollector(Collector):
         tokens.add_metric(["completion"], e.completion_tokens_total)
         yield tokens
         yield CounterMetricFamily(
+            "rawstream_prompt_tokens_cached",
+            "Prompt tokens not decoded: their KV was kept from the slot's previous stream.",
+            value=e.prefix_cached_tokens_total,
+        )
+        yield CounterMetricFamily(
             "rawstream_decode_steps", "Engine decode steps.", value=e.decode_steps_total
         )
         yield CounterMetricFamily(

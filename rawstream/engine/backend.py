@@ -66,8 +66,8 @@ class LlamaBackend:
     """One loaded model, its batched context, and the reusable batch.
 
     Build it with :meth:`load`. The batch methods (:meth:`clear`, :meth:`add`,
-    :meth:`decode`, :meth:`sample`) and :meth:`free_sequence` are for the thread
-    that owns the context.
+    :meth:`decode`, :meth:`sample`), :meth:`free_sequence` and :meth:`trim_sequence`
+    are for the thread that owns the context.
     """
 
     def __init__(
@@ -272,6 +272,18 @@ class LlamaBackend:
     def free_sequence(self, seq: int) -> None:
         """Drop every KV cell of sequence ``seq`` so a new stream can use it."""
         lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
+
+    def trim_sequence(self, seq: int, keep: int) -> int:
+        """Keep positions ``0 .. keep-1`` of sequence ``seq``, drop the rest.
+
+        Returns the number of positions kept: ``keep``, or 0 when the memory cannot
+        cut a sequence part-way (llama.cpp refuses that for recurrent models) and
+        the whole sequence was dropped instead.
+        """
+        if keep > 0 and lib.llama_memory_seq_rm(self._memory, seq, keep, -1):
+            return keep
+        lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        return 0
 
     def close(self) -> None:
         """Free the batch, the context and the model; idempotent."""

@@ -203,12 +203,14 @@ class EngineStatistics:
     active_streams: int
     queued_streams: int
     paused_streams: int
-    prompt_tokens_total: int
+    prompt_tokens_total: int  #: prompt tokens decoded
     completion_tokens_total: int
     decode_steps_total: int
     decode_seconds_total: float
     batch_tokens_total: int  #: sum of tokens over all decode calls
     cancelled_total: int
+    #: prompt tokens not decoded because their KV was kept from an earlier stream
+    prefix_cached_tokens_total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

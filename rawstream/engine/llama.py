@@ -59,8 +59,9 @@ def _model_name(path: str | None) -> str:
 class LlamaEngine(Engine):
     """Serve a GGUF model with llama.cpp, batching up to ``config.parallel`` streams."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, prefix_cache: bool = True) -> None:
         self.config = config
+        self._prefix_cache = prefix_cache
         self.model_name = _model_name(config.model)
         self.slots = max(1, config.parallel)
         self.ctx_per_slot = config.ctx_per_slot
@@ -129,7 +130,12 @@ class LlamaEngine(Engine):
                 self._stopped.set_result(None)
 
         self._scheduler = Scheduler(
-            load, loop, on_ready=on_ready, on_report=self._apply, on_stopped=on_stopped
+            load,
+            loop,
+            on_ready=on_ready,
+            on_report=self._apply,
+            on_stopped=on_stopped,
+            prefix_cache=self._prefix_cache,
         )
         self._scheduler.start()
         error = await ready
@@ -144,6 +150,20 @@ class LlamaEngine(Engine):
             self.error = exc
         if not self._closing:
             self._state = EngineState.READY
+
+    @property
+    def prefix_cache(self) -> bool:
+        """Whether a prompt reuses the KV of a slot's previous tokens (docs/engine.md).
+
+        On by default; switching it takes effect at the scheduler's next step.
+        """
+        return self._prefix_cache
+
+    @prefix_cache.setter
+    def prefix_cache(self, on: bool) -> None:
+        self._prefix_cache = on
+        if self._scheduler is not None:
+            self._scheduler.prefix_cache = on
 
     def _fail(self, error: BaseException) -> None:
         self.error = error
@@ -249,6 +269,7 @@ class LlamaEngine(Engine):
             decode_seconds_total=s.decode_seconds if s else 0.0,
             batch_tokens_total=s.batch_tokens if s else 0,
             cancelled_total=cancelled,
+            prefix_cached_tokens_total=s.prefix_cached_tokens if s else 0,
             extra=extra,
         )
 

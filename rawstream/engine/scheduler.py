@@ -16,8 +16,23 @@ One thread owns the model's context and runs this loop (:meth:`Scheduler.run`)::
     (cancelled jobs are reported before the decode, in a hop of their own)
 
 A **slot** is a llama.cpp sequence id (``0 .. slots-1``) in a unified KV cache; a
-job keeps its slot from admission to its end, and ``llama_memory_seq_rm`` frees the
-slot's KV cells for the next job.
+job keeps its slot from admission to its end.
+
+Prefix caching: when a job ends, its slot keeps its KV cells, and the scheduler
+remembers which tokens they hold (:attr:`Scheduler.slot_tokens`): the prompt tokens
+decoded so far plus the generated tokens that went through a decode. The last
+sampled token never did, so it is not among them. A new job takes the free slot
+whose remembered tokens share the longest prefix with its prompt (none shared: the
+least recently used slot), ``llama_memory_seq_rm(seq, p0=prefix, -1)`` drops the
+cells past that prefix, and only the rest of the prompt is decoded. At least one
+prompt token is always decoded, so that there are logits to sample from: a prompt
+that is cached whole keeps ``len(prompt) - 1``.
+
+Why that is exact: jobs are cancelled, admitted and ended only between decodes, so
+at those points a job's KV holds precisely its positions ``0 .. n_past-1``; a
+cancelled job that was reading its prompt leaves the chunks decoded so far, which a
+retry of the same prompt reuses. After a failed ``llama_decode`` the cells are in
+doubt, so the slot is cleared and remembers nothing.
 
 Why prompts go in chunks: a step takes as long as its batch, so one 2,000-token
 prompt in one step would stall every other stream for that long and could not be
@@ -52,7 +67,7 @@ from rawstream.engine.stream import EngineStream
 if TYPE_CHECKING:  # the backend imports llama_cpp; the engine loads it in start()
     from rawstream.engine.backend import LlamaBackend
 
-__all__ = ["PREFILL_CHUNK", "Job", "Scheduler", "StepReport"]
+__all__ = ["PREFILL_CHUNK", "Job", "Scheduler", "StepReport", "common_prefix"]
 
 #: Most prompt tokens decoded in one step (over all jobs): bounds the time a step
 #: takes, hence the inter-token delay of the other streams and cancel latency.
@@ -75,6 +90,7 @@ class Job:
     n_prompt_done: int = 0  #: prompt tokens already put in a batch
     out_index: int = -1  #: batch index whose logits this job samples, this step
     last_token: int = -1  #: sampled, not yet in the KV cache
+    output: list[int] = field(default_factory=list)  #: generated tokens, in order
     generated: int = 0
     started_at: float | None = None
     first_token_at: float | None = None
@@ -83,6 +99,33 @@ class Job:
     @property
     def prefilling(self) -> bool:
         return self.n_prompt_done < len(self.prompt)
+
+    def kv_tokens(self) -> list[int]:
+        """The tokens at positions ``0 .. n_past-1`` of the slot (valid between steps).
+
+        The prompt tokens decoded so far, then the generated tokens that have been
+        decoded: ``last_token`` is added to a batch one step after it is sampled.
+        """
+        return self.prompt[: self.n_prompt_done] + self.output[: self.n_past - self.n_prompt_done]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of ``a`` and ``b``.
+
+    A binary search over slice comparisons: they run in C, so a 2,000-token prompt
+    costs a dozen list comparisons rather than 2,000 Python iterations.
+    """
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 @dataclass(slots=True)
@@ -116,6 +159,7 @@ class Scheduler:
         on_ready: Callable[[BaseException | None], None],
         on_report: Callable[[StepReport], None],
         on_stopped: Callable[[BaseException | None], None],
+        prefix_cache: bool = True,
     ) -> None:
         self._load = load
         self._loop = loop
@@ -133,12 +177,21 @@ class Scheduler:
         self._waiting: deque[Job] = deque()
         self._active: list[Job] = []
         self._free_seqs: list[int] = []
+        #: Whether free slots keep their KV cells for the next prompt (read by the
+        #: thread at each step; off, cells are dropped when a job ends, as are those
+        #: that free slots still hold, and every prompt is decoded whole).
+        self.prefix_cache = prefix_cache
+        #: Per slot, the tokens its KV cells hold while it is free.
+        self.slot_tokens: list[list[int]] = []
+        self._slot_used: list[int] = []  # per slot, when it was last given back
+        self._ends = 0
         self._thread = threading.Thread(target=self.run, name="rawstream-scheduler", daemon=True)
         # counters: written by the scheduler thread, read by statistics()
         self.steps = 0
         self.decode_seconds = 0.0
         self.batch_tokens = 0
-        self.prompt_tokens = 0
+        self.prompt_tokens = 0  #: prompt tokens decoded
+        self.prefix_cached_tokens = 0  #: prompt tokens whose KV was reused instead
         self.completion_tokens = 0
         self.cancelled = 0
         self.cancel_latency_sum = 0.0
@@ -197,7 +250,9 @@ class Scheduler:
             self._post(self._on_ready, exc)
             self._post(self._on_stopped, None)
             return
-        self._free_seqs = list(range(backend.slots - 1, -1, -1))
+        self._free_seqs = list(range(backend.slots))
+        self.slot_tokens = [[] for _ in range(backend.slots)]
+        self._slot_used = [0] * backend.slots
         self._post(self._on_ready, None)
         error: BaseException | None = None
         try:
@@ -250,13 +305,43 @@ class Scheduler:
         return True
 
     def _admit(self, backend: LlamaBackend, now: float, report: StepReport) -> None:
+        if not self.prefix_cache:
+            self._forget_free_slots(backend)
         while self._waiting and self._free_seqs:
             job = self._waiting.popleft()
-            job.seq = self._free_seqs.pop()
+            job.seq = seq = self._pick_slot(job.prompt)
+            self._free_seqs.remove(seq)
+            # Keep the common prefix, but decode at least the prompt's last token.
+            keep = 0
+            if self.prefix_cache:
+                keep = min(common_prefix(self.slot_tokens[seq], job.prompt), len(job.prompt) - 1)
+            keep = backend.trim_sequence(seq, keep)
+            self.slot_tokens[seq] = []  # the job's own record takes over until it ends
+            job.n_past = job.n_prompt_done = keep
+            self.prefix_cached_tokens += keep
             job.sampler = backend.new_sampler(job.request)
             job.started_at = now
             self._active.append(job)
             report.started.append((job.stream, self.steps))
+
+    def _forget_free_slots(self, backend: LlamaBackend) -> None:
+        """Drop the KV cells kept by free slots (the prefix cache was switched off)."""
+        for seq in self._free_seqs:
+            if self.slot_tokens[seq]:
+                backend.free_sequence(seq)
+                self.slot_tokens[seq] = []
+
+    def _pick_slot(self, prompt: list[int]) -> int:
+        """The free slot sharing the longest prefix with ``prompt``; else the LRU one."""
+        best = min(self._free_seqs, key=self._slot_used.__getitem__)
+        if not self.prefix_cache:
+            return best
+        best_len = 0
+        for seq in self._free_seqs:
+            n = common_prefix(self.slot_tokens[seq], prompt)
+            if n > best_len:
+                best, best_len = seq, n
+        return best
 
     def _build_batch(self, backend: LlamaBackend) -> tuple[list[Job], list[Job]]:
         """Fill the batch; return the jobs in it and those that sit out (buffer full)."""
@@ -304,6 +389,7 @@ class Scheduler:
                 continue
             job.generated += 1
             job.last_token = token
+            job.output.append(token)
             self.completion_tokens += 1
             piece = job.detok.feed(backend.piece(token))
             if piece is not None:
@@ -346,15 +432,26 @@ class Scheduler:
         message = f"llama_decode failed with code {rc}"
         for job in in_batch:
             result = Result(FinishReason.ERROR, self._usage(job), self._timings(job, now), message)
-            self._end(backend, job)
+            self._end(backend, job, keep_kv=False)  # the cells of a failed batch are in doubt
             report.ended.append((job.stream, result, self.steps))
 
-    def _end(self, backend: LlamaBackend, job: Job) -> None:
-        """Mark ``job`` done and give its slot (KV cells, sampler, sequence id) back."""
+    def _end(self, backend: LlamaBackend, job: Job, *, keep_kv: bool = True) -> None:
+        """Mark ``job`` done and give its slot (sampler, sequence id) back.
+
+        The slot keeps its KV cells for a later prompt with the same prefix and
+        remembers their tokens; with ``keep_kv=False``, or the prefix cache off,
+        they are dropped.
+        """
         job.done = True
         job.out_index = -1
         if job.seq >= 0:
-            backend.free_sequence(job.seq)
+            if keep_kv and self.prefix_cache:
+                self.slot_tokens[job.seq] = job.kv_tokens()
+            else:
+                backend.free_sequence(job.seq)
+                self.slot_tokens[job.seq] = []
+            self._ends += 1
+            self._slot_used[job.seq] = self._ends
             backend.free_sampler(job.sampler)
             self._active.remove(job)
             self._free_seqs.append(job.seq)

@@ -83,6 +83,7 @@ async def test_max_tokens_and_usage(engine: FakeEngine) -> None:
     assert result.usage.prompt_tokens == stream.prompt_tokens > 0
     assert default.finish_reason is FinishReason.STOP  # "end of generation"
     assert default.usage.completion_tokens == DEFAULT_MAX_TOKENS == len(text.split())
+    assert engine.statistics().prefix_cached_tokens_total == 0  # no KV, nothing reused
 
 
 async def test_stop_string_is_cut_exactly(engine: FakeEngine) -> None:
