@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=default,
-                help=help_text + unit,
+                help=f"{help_text}{unit} Default: {'on' if default else 'off'}.",
             )
         else:
             kind: Any = _field_type(f)

@@ -38,6 +38,10 @@ class Config:
     parallel: int = _opt(4, "Streams decoded together in one batch (engine slots).")
     threads: int = _opt(0, "CPU threads for llama.cpp (0: all cores).")
     ctx_per_slot: int = _opt(2048, "Context length of each slot.", unit="tokens")
+    prefix_cache: bool = _opt(
+        True,
+        "Keep each slot's KV after a stream and reuse the longest shared prompt prefix.",
+    )
     max_queue: int = _opt(
         16, "Requests that may wait for a free slot; beyond it, 503 + Retry-After."
     )

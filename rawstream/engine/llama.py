@@ -59,9 +59,9 @@ def _model_name(path: str | None) -> str:
 class LlamaEngine(Engine):
     """Serve a GGUF model with llama.cpp, batching up to ``config.parallel`` streams."""
 
-    def __init__(self, config: Config, *, prefix_cache: bool = True) -> None:
+    def __init__(self, config: Config, *, prefix_cache: bool | None = None) -> None:
         self.config = config
-        self._prefix_cache = prefix_cache
+        self._prefix_cache = config.prefix_cache if prefix_cache is None else prefix_cache
         self.model_name = _model_name(config.model)
         self.slots = max(1, config.parallel)
         self.ctx_per_slot = config.ctx_per_slot
