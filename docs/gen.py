@@ -106,13 +106,22 @@ def _state_diagram(edges: list[Any], start: Any, finals: list[Any]) -> str:
     return "\n".join(lines)
 
 
+def _transition_diagram(
+    table: dict[Any, frozenset[Any]], labels: dict[tuple[Any, Any], str], what: str, start: Any
+) -> str:
+    """A transition table as Mermaid, and as a From/To/When table for plain-text readers."""
+    edges = _edges(table, labels, what)
+    finals = [s for s, nxt in table.items() if not nxt]
+    rows = ["| From | To | When |", "|---|---|---|"]
+    rows += [f"| `{a.name}` | `{b.name}` | {label} |" for a, b, label in edges]
+    return _state_diagram(edges, start, finals) + "\n\n" + "\n".join(rows)
+
+
 def connection_diagram() -> str:
-    """The connection state machine as Mermaid, and as a table for plain-text readers."""
-    edges = _edges(TRANSITIONS, CONNECTION_EDGES, "connection TRANSITIONS")
-    finals = [s for s, nxt in TRANSITIONS.items() if not nxt]
-    table = ["| From | To | When |", "|---|---|---|"]
-    table += [f"| `{a.name}` | `{b.name}` | {label} |" for a, b, label in edges]
-    return _state_diagram(edges, ConnState.IDLE, finals) + "\n\n" + "\n".join(table)
+    """The connection state machine."""
+    return _transition_diagram(
+        TRANSITIONS, CONNECTION_EDGES, "connection TRANSITIONS", ConnState.IDLE
+    )
 
 
 def shutdown_diagram() -> str:
@@ -125,12 +134,10 @@ def shutdown_diagram() -> str:
 
 
 def ws_stream_diagram() -> str:
-    """The states of one ``/v1/ws`` logical stream as Mermaid, and as a table."""
-    edges = _edges(STREAM_TRANSITIONS, WS_STREAM_EDGES, "wsmux STREAM_TRANSITIONS")
-    finals = [s for s, nxt in STREAM_TRANSITIONS.items() if not nxt]
-    table = ["| From | To | When |", "|---|---|---|"]
-    table += [f"| `{a.name}` | `{b.name}` | {label} |" for a, b, label in edges]
-    return _state_diagram(edges, StreamState.LIVE, finals) + "\n\n" + "\n".join(table)
+    """The states of one ``/v1/ws`` logical stream."""
+    return _transition_diagram(
+        STREAM_TRANSITIONS, WS_STREAM_EDGES, "wsmux STREAM_TRANSITIONS", StreamState.LIVE
+    )
 
 
 # --------------------------------------------------------------------------- reference
