@@ -41,6 +41,41 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+#: The single-value series read from ``statistics()`` at scrape time:
+#: (name, counter or gauge, help, which statistics, attribute).
+_SCALARS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("rawstream_connections_accepted", "counter", "Connections accepted.",
+     "server", "accepted_total"),
+    ("rawstream_connections_rejected", "counter", "Connections refused over --max-connections.",
+     "server", "rejected_total"),
+    ("rawstream_paused_writers", "gauge",
+     "Connections whose write buffer is full (client reading slowly).",
+     "server", "paused_writers"),
+    ("rawstream_write_stall_aborts", "counter",
+     "Connections aborted by the write-stall watchdog.", "server", "stall_aborts_total"),
+    ("rawstream_engine_slots", "gauge", "Engine slots.", "engine", "slots"),
+    ("rawstream_engine_busy_slots", "gauge", "Slots holding a stream.", "engine", "busy_slots"),
+    ("rawstream_streams_active", "gauge", "Streams being generated.",
+     "engine", "active_streams"),
+    ("rawstream_streams_queued", "gauge", "Streams waiting for a slot.",
+     "engine", "queued_streams"),
+    ("rawstream_streams_paused", "gauge",
+     "Streams the engine skips because their consumer is behind.", "engine", "paused_streams"),
+    ("rawstream_prompt_tokens_cached", "counter",
+     "Prompt tokens not decoded: their KV was kept from the slot's previous stream.",
+     "engine", "prefix_cached_tokens_total"),
+    ("rawstream_decode_steps", "counter", "Engine decode steps.",
+     "engine", "decode_steps_total"),
+    ("rawstream_decode_seconds", "counter", "Time spent in decode steps.",
+     "engine", "decode_seconds_total"),
+    ("rawstream_batch_tokens", "counter",
+     "Tokens over all decode steps (divide by steps for the mean batch).",
+     "engine", "batch_tokens_total"),
+    ("rawstream_streams_cancelled", "counter", "Streams cancelled.",
+     "engine", "cancelled_total"),
+)  # fmt: skip
+
+
 class _StatisticsCollector(Collector):
     """Series computed from ``statistics()`` snapshots at scrape time."""
 
@@ -51,30 +86,16 @@ class _StatisticsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self.server.statistics()
         e = self.engine.statistics()
+        sources: dict[str, object] = {"server": s, "engine": e}
+        for name, kind, doc, source, attribute in _SCALARS:
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, doc, value=getattr(sources[source], attribute))
         conns = GaugeMetricFamily(
             "rawstream_connections", "Open connections by state.", labels=["state"]
         )
         for state, n in s.connections.items():
             conns.add_metric([state], n)
         yield conns
-        yield CounterMetricFamily(
-            "rawstream_connections_accepted", "Connections accepted.", value=s.accepted_total
-        )
-        yield CounterMetricFamily(
-            "rawstream_connections_rejected",
-            "Connections refused over --max-connections.",
-            value=s.rejected_total,
-        )
-        yield GaugeMetricFamily(
-            "rawstream_paused_writers",
-            "Connections whose write buffer is full (client reading slowly).",
-            value=s.paused_writers,
-        )
-        yield CounterMetricFamily(
-            "rawstream_write_stall_aborts",
-            "Connections aborted by the write-stall watchdog.",
-            value=s.stall_aborts_total,
-        )
         timeouts = CounterMetricFamily(
             "rawstream_timeouts", "Deadlines that fired, by kind.", labels=["kind"]
         )
@@ -97,44 +118,10 @@ class _StatisticsCollector(Collector):
         yield GaugeMetricFamily(
             "rawstream_engine_ready", "1 when the engine is ready.", value=e.state == "ready"
         )
-        yield GaugeMetricFamily("rawstream_engine_slots", "Engine slots.", value=e.slots)
-        yield GaugeMetricFamily(
-            "rawstream_engine_busy_slots", "Slots holding a stream.", value=e.busy_slots
-        )
-        yield GaugeMetricFamily(
-            "rawstream_streams_active", "Streams being generated.", value=e.active_streams
-        )
-        yield GaugeMetricFamily(
-            "rawstream_streams_queued", "Streams waiting for a slot.", value=e.queued_streams
-        )
-        yield GaugeMetricFamily(
-            "rawstream_streams_paused",
-            "Streams the engine skips because their consumer is behind.",
-            value=e.paused_streams,
-        )
         tokens = CounterMetricFamily("rawstream_tokens", "Tokens processed.", labels=["kind"])
         tokens.add_metric(["prompt"], e.prompt_tokens_total)
         tokens.add_metric(["completion"], e.completion_tokens_total)
         yield tokens
-        yield CounterMetricFamily(
-            "rawstream_prompt_tokens_cached",
-            "Prompt tokens not decoded: their KV was kept from the slot's previous stream.",
-            value=e.prefix_cached_tokens_total,
-        )
-        yield CounterMetricFamily(
-            "rawstream_decode_steps", "Engine decode steps.", value=e.decode_steps_total
-        )
-        yield CounterMetricFamily(
-            "rawstream_decode_seconds", "Time spent in decode steps.", value=e.decode_seconds_total
-        )
-        yield CounterMetricFamily(
-            "rawstream_batch_tokens",
-            "Tokens over all decode steps (divide by steps for the mean batch).",
-            value=e.batch_tokens_total,
-        )
-        yield CounterMetricFamily(
-            "rawstream_streams_cancelled", "Streams cancelled.", value=e.cancelled_total
-        )
 
 
 class LoopHistogram:
