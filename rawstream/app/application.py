@@ -78,7 +78,7 @@ PAGE_HEADERS = [
     (b"cache-control", b"no-cache"),
 ]
 
-Endpoint = Callable[["App", Exchange, dict[str, str]], Awaitable[None]]
+Endpoint = Callable[[Exchange, dict[str, str]], Awaitable[None]]
 
 #: What the access log shows instead of a key passed in the query string.
 REDACTED = "REDACTED"
@@ -125,20 +125,21 @@ class App:
         self.router = Router(ROUTES)
         self.generations = Generations(self)
         self.started_at = int(time.time())
+        # Route name -> what runs it, called with the exchange and the path parameters.
         self._endpoints: dict[str, Endpoint] = {
-            "page": lambda app, ex, p: app._page(ex),
-            "static": lambda app, ex, p: app._static(ex, p["name"]),
-            "health": lambda app, ex, p: app._health(ex),
-            "metrics": lambda app, ex, p: ex.respond(
-                200, app.metrics.render(), content_type=CONTENT_TYPE
+            "page": lambda ex, p: self._page(ex),
+            "static": lambda ex, p: self._static(ex, p["name"]),
+            "health": lambda ex, p: self._health(ex),
+            "metrics": lambda ex, p: ex.respond(
+                200, self.metrics.render(), content_type=CONTENT_TYPE
             ),
-            "models": lambda app, ex, p: openai_api.models(app, ex),
-            "chat_completions": lambda app, ex, p: openai_api.chat_completions(app, ex),
-            "completions": lambda app, ex, p: openai_api.completions(app, ex),
-            "generations_create": lambda app, ex, p: app.generations.create(ex),
-            "generations_events": lambda app, ex, p: app.generations.events(ex, p["id"]),
-            "generations_cancel": lambda app, ex, p: app.generations.cancel(ex, p["id"]),
-            "ws": lambda app, ex, p: ws_api.websocket(app, ex),
+            "models": lambda ex, p: openai_api.models(self, ex),
+            "chat_completions": lambda ex, p: openai_api.chat_completions(self, ex),
+            "completions": lambda ex, p: openai_api.completions(self, ex),
+            "generations_create": lambda ex, p: self.generations.create(ex),
+            "generations_events": lambda ex, p: self.generations.events(ex, p["id"]),
+            "generations_cancel": lambda ex, p: self.generations.cancel(ex, p["id"]),
+            "ws": lambda ex, p: ws_api.websocket(self, ex),
         }
 
     async def start(self) -> None:
@@ -184,7 +185,7 @@ class App:
             ):
                 await exchange.respond(401, unauthorized_body(), [CHALLENGE])
                 return
-            await self._endpoints[name](self, exchange, match.params)
+            await self._endpoints[name](exchange, match.params)
         except APIError as error:
             if exchange.response_started:
                 raise

@@ -25,7 +25,7 @@ from rawstream.app.generation import Generation
 from rawstream.app.openai_api import engine_error
 from rawstream.engine.base import EngineError
 from rawstream.sansio.openai import APIError
-from rawstream.sansio.upgrade import UpgradeAccepted, check_upgrade
+from rawstream.sansio.upgrade import offered_subprotocols
 from rawstream.sansio.wsmux import (
     Cancel,
     Generate,
@@ -44,8 +44,7 @@ if TYPE_CHECKING:
 
 async def websocket(app: App, exchange: Exchange) -> None:
     """Accept the upgrade and serve the multiplexing protocol until the socket closes."""
-    decision = check_upgrade(exchange.request)
-    offered = decision.offered if isinstance(decision, UpgradeAccepted) else ()
+    offered = offered_subprotocols(exchange.request)
     ws = await exchange.accept_websocket(subprotocol=choose_subprotocol(offered))
     session = _Session(app, ws)
     try:

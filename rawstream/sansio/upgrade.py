@@ -107,8 +107,13 @@ def check_upgrade(request: Request) -> UpgradeAccepted | UpgradeRejected:
         decoded = b""
     if len(decoded) != 16:
         return UpgradeRejected(400, "Sec-WebSocket-Key is not 16 base64-encoded bytes", [])
+    return UpgradeAccepted(key=key, offered=offered_subprotocols(request))
+
+
+def offered_subprotocols(request: Request) -> tuple[str, ...]:
+    """The subprotocols a client offers in ``Sec-WebSocket-Protocol``, in its order."""
     offered: list[str] = []
     for name, value in request.headers:
         if name == b"sec-websocket-protocol":
             offered.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
-    return UpgradeAccepted(key=key, offered=tuple(offered))
+    return tuple(offered)

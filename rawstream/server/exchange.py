@@ -31,11 +31,11 @@ from rawstream.sansio.http import Headers, Request, reason
 from rawstream.sansio.upgrade import UpgradeRejected, check_upgrade, is_upgrade_request
 from rawstream.server.errors import ConnectionGone, UpgradeRefused
 from rawstream.server.flow import ReadPause
+from rawstream.server.sse import SSEStream
+from rawstream.server.websocket import WebSocket
 
 if TYPE_CHECKING:
     from rawstream.server.connection import HTTPConnection
-    from rawstream.server.sse import SSEStream
-    from rawstream.server.websocket import WebSocket
 
 access_log = logging.getLogger("rawstream.access")
 
@@ -200,8 +200,6 @@ class Exchange:
         the server shuts down while it is open (followed by ``retry:``); the default
         is a generic ``event: shutdown``.
         """
-        from rawstream.server.sse import SSEStream
-
         if self.response_started:
             raise RuntimeError("a response was already sent")
         assert self.conn.flow is not None
@@ -223,8 +221,6 @@ class Exchange:
         An invalid handshake is answered here (400, 405 or 426, RFC 6455 section 4.2.1
         and 4.4) and :class:`UpgradeRefused` is raised.
         """
-        from rawstream.server.websocket import WebSocket
-
         decision = check_upgrade(self.request)
         if isinstance(decision, UpgradeRejected):
             self.conn._send_error(decision.status, decision.message, decision.headers)

@@ -17,8 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,36 +88,21 @@ def server_port() -> Iterator[int]:
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True, cwd=ROOT,
     )  # fmt: skip
     assert proc.stderr is not None
+    # The banner gives the port; "model ready" follows once /health answers 200.
     port = 0
     log: list[str] = []
-    deadline = time.monotonic() + 60
-    while not port and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
+    while line := proc.stderr.readline():
         log.append(line)
         match = re.search(r"listening on http://[^:]+:(\d+)", line)
-        port = int(match.group(1)) if match else 0
-    assert port, "server did not start:\n" + "".join(log)
+        port = int(match.group(1)) if match else port
+        if "model ready" in line:
+            break
+    assert port and "model ready" in log[-1], "server did not start:\n" + "".join(log)
     try:
-        _wait_healthy(port)
         yield port
     finally:
         proc.terminate()
         proc.wait(30)
-
-
-def _wait_healthy(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)  # the fake engine is ready at once; this is a startup guard
 
 
 def _local(code: str, port: int) -> str:
