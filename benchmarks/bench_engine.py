@@ -154,18 +154,18 @@ class Bench:
             for i in range(n)
         ]
         t0 = time.perf_counter()
-        outcomes = await asyncio.gather(*(collect(self.engine.submit(r)) for r in requests))
+        outcomes = await asyncio.gather(*[collect(await self.engine.submit(r)) for r in requests])
         wall = time.perf_counter() - t0
         tokens = sum(result.usage.completion_tokens for _, result in outcomes)
         self.record(name or f"engine_{n}", tokens / wall)
 
     async def cancel_latency(self) -> None:
         # while generating: cancel after the first delta
-        stream = self.engine.submit(GenerationRequest(prompt=PROMPTS[1], max_tokens=10_000))
+        stream = await self.engine.submit(GenerationRequest(prompt=PROMPTS[1], max_tokens=10_000))
         await anext(aiter(stream))
         await self._cancel("generating", stream)
         # during the prompt: cancel once the first chunk has been decoded
-        stream = self.engine.submit(GenerationRequest(prompt=LONG_PROMPT, max_tokens=10))
+        stream = await self.engine.submit(GenerationRequest(prompt=LONG_PROMPT, max_tokens=10))
         await stream.wait_started()  # type: ignore[attr-defined]
         await self._cancel("prompt", stream)
 
@@ -193,7 +193,7 @@ class Bench:
         """Seconds from submit to the first delta, prompt tokens reused, whole text."""
         before = self.engine.statistics().prefix_cached_tokens_total
         t0 = time.perf_counter()
-        stream = self.engine.submit(request)
+        stream = await self.engine.submit(request)
         first = await anext(aiter(stream))
         ttft = time.perf_counter() - t0
         rest, _ = await collect(stream)
@@ -237,7 +237,7 @@ class Bench:
                 GenerationRequest(prompt=f"{i}. {LONG_PROMPT}", max_tokens=1)
                 for i in range(max(CONCURRENCY) - 1)
             ]
-            await asyncio.gather(*(collect(self.engine.submit(r)) for r in fills))
+            await asyncio.gather(*[collect(await self.engine.submit(r)) for r in fills])
             await self.engine_concurrent(1, name="engine_1_warm")
         finally:
             self.engine.prefix_cache = False

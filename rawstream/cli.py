@@ -147,8 +147,12 @@ def main(
     app_factory: Callable[[Config], Runnable] | None = None,
 ) -> int:
     """Entry point of the ``rawstream`` command (``app_factory`` serves tests)."""
-    args = build_parser().parse_args(argv)
-    config = config_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:  # a flag out of its range: say which, exit 2
+        parser.error(str(exc))
     setup_logging(config)
     return run(config, app_factory)
 

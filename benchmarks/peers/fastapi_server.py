@@ -94,7 +94,7 @@ def create_app(config: Config | None = None) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         try:
             parsed = parse_chat_completion(await request.body())
-            stream = engine.submit(parsed.generation)
+            stream = await engine.submit(parsed.generation)
         except APIError as error:
             return _error_response(error)
         except EngineError as exc:
@@ -168,7 +168,7 @@ def create_app(config: Config | None = None) -> FastAPI:
                 action = table.receive(await websocket.receive_text())
                 if isinstance(action, Generate):
                     try:
-                        stream = engine.submit(action.request.generation)
+                        stream = await engine.submit(action.request.generation)
                     except EngineError as exc:
                         error = APIError.from_engine_error(exc)
                         await websocket.send_text(table.fail(action.id, error))

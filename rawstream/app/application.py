@@ -46,7 +46,14 @@ from rawstream.app.metrics import CONTENT_TYPE, Metrics
 from rawstream.config import Config
 from rawstream.engine import Engine, EngineState
 from rawstream.engine.factory import create_engine
-from rawstream.sansio.auth import CHALLENGE, QUERY_PARAMETER, Authenticator, unauthorized_body
+from rawstream.sansio.auth import (
+    ANONYMOUS,
+    CHALLENGE,
+    QUERY_PARAMETER,
+    Authenticator,
+    Identity,
+    unauthorized_body,
+)
 from rawstream.sansio.http import Request
 from rawstream.sansio.openai import APIError
 from rawstream.sansio.routing import Match, Route, Router
@@ -78,7 +85,8 @@ PAGE_HEADERS = [
     (b"cache-control", b"no-cache"),
 ]
 
-Endpoint = Callable[[Exchange, dict[str, str]], Awaitable[None]]
+#: An endpoint: the exchange, the path's parameters and who is calling.
+Endpoint = Callable[[Exchange, dict[str, str], Identity], Awaitable[None]]
 
 #: What the access log shows instead of a key passed in the query string.
 REDACTED = "REDACTED"
@@ -127,19 +135,19 @@ class App:
         self.started_at = int(time.time())
         # Route name -> what runs it, called with the exchange and the path parameters.
         self._endpoints: dict[str, Endpoint] = {
-            "page": lambda ex, p: self._page(ex),
-            "static": lambda ex, p: self._static(ex, p["name"]),
-            "health": lambda ex, p: self._health(ex),
-            "metrics": lambda ex, p: ex.respond(
+            "page": lambda ex, p, who: self._page(ex),
+            "static": lambda ex, p, who: self._static(ex, p["name"]),
+            "health": lambda ex, p, who: self._health(ex),
+            "metrics": lambda ex, p, who: ex.respond(
                 200, self.metrics.render(), content_type=CONTENT_TYPE
             ),
-            "models": lambda ex, p: openai_api.models(self, ex),
-            "chat_completions": lambda ex, p: openai_api.chat_completions(self, ex),
-            "completions": lambda ex, p: openai_api.completions(self, ex),
-            "generations_create": lambda ex, p: self.generations.create(ex),
-            "generations_events": lambda ex, p: self.generations.events(ex, p["id"]),
-            "generations_cancel": lambda ex, p: self.generations.cancel(ex, p["id"]),
-            "ws": lambda ex, p: ws_api.websocket(self, ex),
+            "models": lambda ex, p, who: openai_api.models(self, ex),
+            "chat_completions": lambda ex, p, who: openai_api.chat_completions(self, ex),
+            "completions": lambda ex, p, who: openai_api.completions(self, ex),
+            "generations_create": lambda ex, p, who: self.generations.create(ex, who),
+            "generations_events": lambda ex, p, who: self.generations.events(ex, p["id"], who),
+            "generations_cancel": lambda ex, p, who: self.generations.cancel(ex, p["id"], who),
+            "ws": lambda ex, p, who: ws_api.websocket(self, ex),
         }
 
     async def start(self) -> None:
@@ -179,13 +187,11 @@ class App:
                 error = APIError(match.status, f"{message}: {request.method} {request.path}")
                 await exchange.respond(match.status, error.body(), headers)
                 return
-            if (
-                not match.route.public
-                and self.auth.authenticate(request.headers, request.query) is None
-            ):
+            identity = self.auth.authenticate(request.headers, request.query)
+            if identity is None and not match.route.public:
                 await exchange.respond(401, unauthorized_body(), [CHALLENGE])
                 return
-            await self._endpoints[name](exchange, match.params)
+            await self._endpoints[name](exchange, match.params, identity or ANONYMOUS)
         except APIError as error:
             if exchange.response_started:
                 raise

@@ -31,7 +31,7 @@ class Generation:
 
     Use it as an async context manager and iterate it::
 
-        async with Generation.submit(engine, metrics, request) as gen:
+        async with await Generation.submit(engine, metrics, request) as gen:
             async for delta in gen:
                 ...
         gen.result
@@ -49,10 +49,12 @@ class Generation:
         self._last: float | None = None  # when the previous delta arrived
 
     @classmethod
-    def submit(cls, engine: Engine, metrics: Metrics, request: GenerationRequest) -> Generation:
-        """Admit ``request`` or raise the engine's error (``Overloaded``, ...) at once."""
+    async def submit(
+        cls, engine: Engine, metrics: Metrics, request: GenerationRequest
+    ) -> Generation:
+        """Admit ``request`` or raise the engine's error (``Overloaded``, ...)."""
         try:
-            stream = engine.submit(request)
+            stream = await engine.submit(request)
         except Overloaded:
             metrics.overloaded.inc()
             raise

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from rawstream.app.generation import Generation
 from rawstream.app.openai_api import engine_error, respond_error
 from rawstream.engine.base import EngineError, FinishReason, Result
+from rawstream.sansio.auth import Identity
 from rawstream.sansio.openai import APIError, error_for_result, parse_chat_completion, usage_json
 from rawstream.server.exchange import Exchange
 
@@ -129,11 +130,12 @@ class Generations:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ endpoints
-    async def create(self, exchange: Exchange) -> None:
+    async def create(self, exchange: Exchange, identity: Identity) -> None:
         """``POST /v1/generations``."""
-        request = parse_chat_completion(await exchange.body())
+        raw = await exchange.body()
+        request = parse_chat_completion(raw, max_messages=self.config.max_messages)
         try:
-            gen = Generation.submit(self.app.engine, self.app.metrics, request.generation)
+            gen = await Generation.submit(self.app.engine, self.app.metrics, request.generation)
         except EngineError as exc:
             error, retry = engine_error(exc)
             await respond_error(exchange, error, retry)
@@ -150,7 +152,7 @@ class Generations:
         body = json.dumps({"id": gen_id, "events_url": url, "model": self.app.engine.model_name})
         await exchange.respond(201, body.encode(), [(b"location", url.encode())])
 
-    async def events(self, exchange: Exchange, gen_id: str) -> None:
+    async def events(self, exchange: Exchange, gen_id: str, identity: Identity) -> None:
         """``GET /v1/generations/{id}/events``."""
         entry = await self._find(exchange, gen_id)
         if entry is None:
@@ -197,7 +199,7 @@ class Generations:
         finally:
             self._viewer_left(entry)
 
-    async def cancel(self, exchange: Exchange, gen_id: str) -> None:
+    async def cancel(self, exchange: Exchange, gen_id: str, identity: Identity) -> None:
         """``DELETE /v1/generations/{id}``: stop generating (viewers get the final event)."""
         entry = await self._find(exchange, gen_id)
         if entry is None:

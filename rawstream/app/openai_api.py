@@ -78,7 +78,8 @@ async def models(app: App, exchange: Exchange) -> None:
 
 async def chat_completions(app: App, exchange: Exchange) -> None:
     """``POST /v1/chat/completions``."""
-    await _completion(app, exchange, parse_chat_completion)
+    limit = app.config.max_messages
+    await _completion(app, exchange, lambda body: parse_chat_completion(body, max_messages=limit))
 
 
 async def completions(app: App, exchange: Exchange) -> None:
@@ -91,7 +92,7 @@ async def _completion(
 ) -> None:
     request = parse(await exchange.body())  # APIError -> 400, in App.handle
     try:
-        gen = Generation.submit(app.engine, app.metrics, request.generation)
+        gen = await Generation.submit(app.engine, app.metrics, request.generation)
     except EngineError as exc:
         error, retry = engine_error(exc)
         await respond_error(exchange, error, retry)

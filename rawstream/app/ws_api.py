@@ -83,7 +83,9 @@ class _Session:
 
     async def _start(self, action: Generate) -> None:
         try:
-            gen = Generation.submit(self.app.engine, self.app.metrics, action.request.generation)
+            gen = await Generation.submit(
+                self.app.engine, self.app.metrics, action.request.generation
+            )
         except EngineError as exc:
             error, _retry = engine_error(exc)
             await self.ws.send(self.table.fail(action.id, error))

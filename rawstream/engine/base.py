@@ -28,14 +28,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class FinishReason(enum.StrEnum):
-    """Why a stream ended. The first two are OpenAI's values."""
-
-    STOP = "stop"  #: end-of-generation token or a stop string
-    LENGTH = "length"  #: max_tokens reached, or the context is full
-    CANCELLED = "cancelled"  #: the consumer (or shutdown) cancelled it
-    ERROR = "error"  #: the engine failed; see :attr:`Result.error`
+from rawstream.sansio.values import (
+    ChatMessage,
+    Delta,
+    FinishReason,
+    GenerationRequest,
+    Result,
+    Timings,
+    Usage,
+)
 
 
 class EngineState(enum.StrEnum):
@@ -45,81 +46,6 @@ class EngineState(enum.StrEnum):
     READY = "ready"
     FAILED = "failed"
     STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    """One message of a chat; ``role`` is system, user, assistant or tool."""
-
-    role: str
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    """What to generate and how to sample it.
-
-    Exactly one of ``messages`` (rendered with the model's chat template) and
-    ``prompt`` (used verbatim) is set. ``max_tokens=None`` means until the end of
-    generation or the slot's context is full.
-    """
-
-    messages: tuple[ChatMessage, ...] | None = None
-    prompt: str | None = None
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  #: 0 disables top-k
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if (self.messages is None) == (self.prompt is None):
-            raise ValueError("set exactly one of messages and prompt")
-
-
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """New text of a stream and the number of tokens it came from."""
-
-    text: str
-    tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts in OpenAI's sense."""
-
-    prompt_tokens: int
-    completion_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class Timings:
-    """Where the time of one stream went, in seconds."""
-
-    queued: float = 0.0  #: submit -> slot assigned
-    prompt: float = 0.0  #: slot assigned -> first token sampled
-    generation: float = 0.0  #: first token -> end
-    cancel_latency: float | None = None  #: cancel() -> slot freed, when cancelled
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """How a stream ended."""
-
-    finish_reason: FinishReason
-    usage: Usage
-    timings: Timings = field(default_factory=Timings)
-    error: str | None = None
 
 
 class EngineError(Exception):
@@ -229,8 +155,12 @@ class Engine(abc.ABC):
         """Load the model (without blocking the loop); state becomes READY or FAILED."""
 
     @abc.abstractmethod
-    def submit(self, request: GenerationRequest) -> GenerationStream:
-        """Admit a request or raise an :class:`EngineError` at once.
+    async def submit(self, request: GenerationRequest) -> GenerationStream:
+        """Admit a request or raise an :class:`EngineError`, before any decoding.
+
+        A coroutine, so that an engine can prepare the prompt (render a chat
+        template, tokenise) off the event loop: a huge request must not stall
+        every other connection.
 
         Raises :class:`Overloaded` when the wait queue is full, :class:`NotReady`
         before ``start()`` has finished, :class:`InvalidRequest` for a prompt that

@@ -131,7 +131,7 @@ class FakeEngine(Engine):
 
     # --- admission ------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest) -> GenerationStream:
+    async def submit(self, request: GenerationRequest) -> GenerationStream:
         """Admit ``request``; raises like :meth:`LlamaEngine.submit`."""
         if self._state is not EngineState.READY:
             raise NotReady(f"engine is {self._state}")

@@ -170,7 +170,7 @@ class LlamaEngine(Engine):
         self._state = EngineState.FAILED
         log.error("engine failed: %s", error)
 
-    def submit(self, request: GenerationRequest) -> GenerationStream:
+    async def submit(self, request: GenerationRequest) -> GenerationStream:
         """Admit ``request``; see :meth:`Engine.submit` for the errors raised."""
         scheduler = self._scheduler
         if self._state is not EngineState.READY or scheduler is None or self._closing:

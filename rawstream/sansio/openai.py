@@ -4,7 +4,7 @@ Two directions, no I/O:
 
 - **Requests in.** :func:`parse_chat_completion` and :func:`parse_completion` take the
   raw body of ``POST /v1/chat/completions`` and ``POST /v1/completions`` and return a
-  :class:`CompletionRequest`: an engine :class:`~rawstream.engine.base.GenerationRequest`
+  :class:`CompletionRequest`: a :class:`~rawstream.sansio.values.GenerationRequest`
   plus what only the HTTP layer cares about (``stream``, ``include_usage``, the model
   name). Anything wrong raises :class:`APIError`, which knows its HTTP status and
   renders OpenAI's error body, so one place in the app turns errors into responses.
@@ -50,18 +50,12 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
-from rawstream.engine.base import (
-    ChatMessage,
-    EngineError,
-    FinishReason,
-    GenerationRequest,
-    Result,
-    Usage,
-)
+from rawstream.sansio.values import ChatMessage, FinishReason, GenerationRequest, Result, Usage
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGES",
     "DONE",
     "APIError",
     "ChunkEncoder",
@@ -81,6 +75,11 @@ __all__ = [
 
 #: The SSE event that ends a complete stream.
 DONE = b"data: [DONE]\n\n"
+
+#: Most chat messages one request may hold unless the caller says otherwise
+#: (``--max-messages``). Counted before any message is validated, so a body of
+#: tens of thousands of tiny messages costs one ``len()``.
+DEFAULT_MAX_MESSAGES = 1024
 
 _COMPACT = (",", ":")  # separators of every JSON this module writes
 _MAX_STOP = 4  # OpenAI: "Up to 4 sequences where the API will stop generating"
@@ -153,9 +152,17 @@ class APIError(Exception):
         return b"data: " + self.body() + b"\n\n"
 
     @classmethod
-    def from_engine_error(cls, exc: EngineError) -> APIError:
+    def from_engine_error(cls, exc: SubmitError) -> APIError:
         """Translate an error the engine raised at submit."""
         return cls(exc.status, str(exc), type=exc.type, code=exc.code)
+
+
+class SubmitError(Protocol):
+    """What :meth:`APIError.from_engine_error` reads of an engine's error."""
+
+    status: int
+    type: str
+    code: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +186,11 @@ class CompletionRequest:
 # --- parsing ---------------------------------------------------------------------------
 
 
-def parse_chat_completion(body: bytes) -> CompletionRequest:
+def parse_chat_completion(
+    body: bytes, *, max_messages: int = DEFAULT_MAX_MESSAGES
+) -> CompletionRequest:
     """Parse and validate a ``POST /v1/chat/completions`` body."""
-    return chat_completion_from_json(_load(body))
+    return chat_completion_from_json(_load(body), max_messages=max_messages)
 
 
 def parse_completion(body: bytes) -> CompletionRequest:
@@ -189,10 +198,12 @@ def parse_completion(body: bytes) -> CompletionRequest:
     return completion_from_json(_load(body))
 
 
-def chat_completion_from_json(obj: object) -> CompletionRequest:
+def chat_completion_from_json(
+    obj: object, *, max_messages: int = DEFAULT_MAX_MESSAGES
+) -> CompletionRequest:
     """Validate an already decoded chat completion body (a WebSocket message, say)."""
     fields = _object(obj)
-    messages = _messages(fields.get("messages"))
+    messages = _messages(fields.get("messages"), max_messages)
     return _request(Kind.CHAT, fields, messages=messages)
 
 
@@ -359,13 +370,19 @@ def _stop(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _messages(value: object) -> tuple[ChatMessage, ...]:
+def _messages(value: object, max_messages: int) -> tuple[ChatMessage, ...]:
     if value is None:
         _invalid("messages", "messages is required", code="missing_required_parameter")
     if not isinstance(value, list):
         _invalid("messages", "messages must be a list", code="invalid_type")
     if not value:
         _invalid("messages", "messages must not be empty")
+    if len(value) > max_messages:
+        _invalid(
+            "messages",
+            f"messages may hold at most {max_messages} messages, got {len(value)}",
+            code="too_many_messages",
+        )
     return tuple(_message(i, item) for i, item in enumerate(value))
 
 

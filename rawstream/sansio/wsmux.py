@@ -70,8 +70,13 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from rawstream.config import Config
-from rawstream.engine.base import FinishReason, Result
-from rawstream.sansio.openai import APIError, CompletionRequest, chat_completion_from_json
+from rawstream.sansio.openai import (
+    DEFAULT_MAX_MESSAGES,
+    APIError,
+    CompletionRequest,
+    chat_completion_from_json,
+)
+from rawstream.sansio.values import FinishReason, Result
 
 __all__ = [
     "MAX_ID_CHARS",
@@ -187,7 +192,9 @@ class Violation:
         return f"<violation {int(self.code)}: {self.reason}>"
 
 
-def parse_message(data: str | bytes) -> ClientMessage | Rejected | Violation:
+def parse_message(
+    data: str | bytes, *, max_messages: int = DEFAULT_MAX_MESSAGES
+) -> ClientMessage | Rejected | Violation:
     """Parse one received WebSocket message (``bytes`` for a binary message).
 
     Only syntax and parameters are checked here; :meth:`StreamTable.receive` adds
@@ -213,6 +220,8 @@ def parse_message(data: str | bytes) -> ClientMessage | Rejected | Violation:
             code="unknown_message_type",
             param="type",
         )
+    if parser is _parse_generate:
+        return _parse_generate(obj, max_messages)
     return parser(obj)
 
 
@@ -238,13 +247,15 @@ def _id_of(obj: dict[str, Any]) -> StreamId | Violation:
     return value
 
 
-def _parse_generate(obj: dict[str, Any]) -> Generate | Rejected | Violation:
+def _parse_generate(
+    obj: dict[str, Any], max_messages: int = DEFAULT_MAX_MESSAGES
+) -> Generate | Rejected | Violation:
     id = _id_of(obj)
     if isinstance(id, Violation):
         return id
     body = {key: value for key, value in obj.items() if key not in _NOT_BODY}
     try:
-        request = chat_completion_from_json(body)
+        request = chat_completion_from_json(body, max_messages=max_messages)
     except APIError as exc:
         return Rejected(id, exc.message, type=exc.type, code=exc.code, param=exc.param)
     return Generate(id, request)
@@ -383,16 +394,17 @@ class StreamTable:
     gives the ids whose engine streams must be cancelled.
     """
 
-    def __init__(self, max_streams: int) -> None:
+    def __init__(self, max_streams: int, *, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
         if max_streams < 1:
             raise ValueError("max_streams must be at least 1")
         self.max_streams = max_streams
+        self.max_messages = max_messages
         self._streams: dict[StreamId, _Stream] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> StreamTable:
-        """A table with ``config.ws_max_streams``."""
-        return cls(config.ws_max_streams)
+        """A table with ``config.ws_max_streams`` and ``config.max_messages``."""
+        return cls(config.ws_max_streams, max_messages=config.max_messages)
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -407,7 +419,7 @@ class StreamTable:
 
     def receive(self, data: str | bytes) -> Generate | Cancel | str | Violation | None:
         """Handle one received message (``bytes`` for a binary one)."""
-        message = parse_message(data)
+        message = parse_message(data, max_messages=self.max_messages)
         if isinstance(message, Violation):
             return message
         if isinstance(message, Rejected):

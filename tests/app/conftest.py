@@ -37,8 +37,8 @@ class SpyEngine(FakeEngine):
         self._ended: dict[int, asyncio.Future[Result]] = {}
         self._submitted: asyncio.Event | None = None
 
-    def submit(self, request: GenerationRequest) -> GenerationStream:
-        stream = super().submit(request)
+    async def submit(self, request: GenerationRequest) -> GenerationStream:
+        stream = await super().submit(request)
         self.streams.append(stream)
         self.requests.append(request)
         self.ended(stream)  # create the future now, in the loop

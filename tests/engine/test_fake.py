@@ -41,8 +41,8 @@ def req(max_tokens: int | None = 8, **kw: object) -> GenerationRequest:
     return GenerationRequest(prompt="hello there", max_tokens=max_tokens, **kw)  # type: ignore[arg-type]
 
 
-def submit(engine: FakeEngine, request: GenerationRequest) -> EngineStream:
-    stream = engine.submit(request)
+async def submit(engine: FakeEngine, request: GenerationRequest) -> EngineStream:
+    stream = await engine.submit(request)
     assert isinstance(stream, EngineStream)
     return stream
 
@@ -52,7 +52,7 @@ async def test_factory_builds_the_fake_engine() -> None:
     assert isinstance(engine, FakeEngine)
     assert engine.state is EngineState.LOADING
     with pytest.raises(NotReady):
-        engine.submit(req())
+        await engine.submit(req())
     await engine.start()
     assert engine.state is EngineState.READY
     await engine.close()
@@ -63,18 +63,18 @@ async def test_factory_builds_the_fake_engine() -> None:
 
 async def test_text_is_deterministic_per_seed(engine: FakeEngine) -> None:
     async with asyncio.timeout(TIMEOUT):
-        a, _ = await collect(engine.submit(req(16, seed=1)))
-        b, _ = await collect(engine.submit(req(16, seed=1)))
-        c, _ = await collect(engine.submit(req(16, seed=2)))
+        a, _ = await collect(await engine.submit(req(16, seed=1)))
+        b, _ = await collect(await engine.submit(req(16, seed=1)))
+        c, _ = await collect(await engine.submit(req(16, seed=2)))
     assert a == b != c
     assert all(word in WORDS for word in a.split())
 
 
 async def test_max_tokens_and_usage(engine: FakeEngine) -> None:
     async with asyncio.timeout(TIMEOUT):
-        stream = engine.submit(req(5))
+        stream = await engine.submit(req(5))
         deltas = [d async for d in stream]
-        text, default = await collect(engine.submit(req(None)))
+        text, default = await collect(await engine.submit(req(None)))
     result = stream.result
     assert result is not None
     assert result.finish_reason is FinishReason.LENGTH
@@ -88,11 +88,11 @@ async def test_max_tokens_and_usage(engine: FakeEngine) -> None:
 
 async def test_stop_string_is_cut_exactly(engine: FakeEngine) -> None:
     async with asyncio.timeout(TIMEOUT):
-        full, _ = await collect(engine.submit(req(40, seed=3)))
+        full, _ = await collect(await engine.submit(req(40, seed=3)))
         words = full.split()
         stop = " " + words[10][:2]  # ends inside a token
         cut = full.index(stop)
-        text, result = await collect(engine.submit(req(40, seed=3, stop=(stop,))))
+        text, result = await collect(await engine.submit(req(40, seed=3, stop=(stop,))))
     assert text == full[:cut]
     assert result.finish_reason is FinishReason.STOP
     assert result.usage.completion_tokens < 40
@@ -101,25 +101,25 @@ async def test_stop_string_is_cut_exactly(engine: FakeEngine) -> None:
 async def test_admission_queue_and_overload() -> None:
     engine = FakeEngine(config(parallel=2, max_queue=1))
     await engine.start()
-    streams = [engine.submit(req(4)) for _ in range(3)]
+    streams = [await engine.submit(req(4)) for _ in range(3)]
     with pytest.raises(Overloaded) as info:
-        engine.submit(req())
+        await engine.submit(req())
     assert info.value.retry_after >= 1
     stats = engine.statistics()
     assert (stats.busy_slots, stats.queued_streams) == (2, 1)
     async with asyncio.timeout(TIMEOUT):
         results = [(await collect(s))[1] for s in streams]
     assert all(r.finish_reason is FinishReason.LENGTH for r in results)
-    engine.submit(req())  # room again
+    await engine.submit(req())  # room again
     await engine.close()
 
 
 async def test_cancel_frees_the_slot_for_the_next_stream() -> None:
     engine = FakeEngine(config(parallel=1, max_queue=2))
     await engine.start()
-    running = submit(engine, req(1000))
-    queued = submit(engine, req(1000))
-    waiting = submit(engine, req(3))
+    running = await submit(engine, req(1000))
+    queued = await submit(engine, req(1000))
+    waiting = await submit(engine, req(3))
     async with asyncio.timeout(TIMEOUT):
         await anext(aiter(running))  # it is generating
         queued.cancel()  # cancelled while waiting: never starts
@@ -142,8 +142,8 @@ async def test_stalled_consumer_does_not_slow_the_others() -> None:
     # 100 tokens/s: one token per tick, unless the loop runs late
     engine = FakeEngine(config(stream_buffer_tokens=4, fake_tokens_per_s=100.0))
     await engine.start()
-    stalled = submit(engine, req(30))
-    others = [engine.submit(req(30)) for _ in range(3)]
+    stalled = await submit(engine, req(30))
+    others = [await engine.submit(req(30)) for _ in range(3)]
     async with asyncio.timeout(TIMEOUT):
         results = [result for _, result in await asyncio.gather(*map(collect, others))]
     assert all(r.usage.completion_tokens == 30 for r in results)
@@ -165,7 +165,7 @@ async def test_stalled_consumer_does_not_slow_the_others() -> None:
 async def test_close_cancels_every_stream() -> None:
     engine = FakeEngine(config(parallel=1, max_queue=1))
     await engine.start()
-    streams = [engine.submit(req(1000)) for _ in range(2)]
+    streams = [await engine.submit(req(1000)) for _ in range(2)]
     await engine.close()
     for stream in streams:
         assert stream.result is not None
@@ -174,16 +174,16 @@ async def test_close_cancels_every_stream() -> None:
 
 async def test_prompt_longer_than_the_context_is_refused(engine: FakeEngine) -> None:
     with pytest.raises(InvalidRequest):
-        engine.submit(GenerationRequest(prompt="word " * 5000))
+        await engine.submit(GenerationRequest(prompt="word " * 5000))
     with pytest.raises(InvalidRequest):
-        engine.submit(req(0))
+        await engine.submit(req(0))
     assert engine.statistics().busy_slots == 0
 
 
 async def test_thousands_of_streams_on_one_timer() -> None:
     engine = FakeEngine(config(fake_tokens_per_s=200.0, max_queue=0), slots=3000)
     await engine.start()
-    streams = [engine.submit(req(5, seed=i)) for i in range(3000)]
+    streams = [await engine.submit(req(5, seed=i)) for i in range(3000)]
     async with asyncio.timeout(30):
         results = await asyncio.gather(*(s.wait_result() for s in streams))
     assert all(r.usage.completion_tokens == 5 for r in results)

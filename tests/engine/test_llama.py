@@ -70,8 +70,8 @@ def chat(question: str, **kw: object) -> GenerationRequest:
     return GenerationRequest(messages=messages, **kw)  # type: ignore[arg-type]
 
 
-def submit(engine: LlamaEngine, request: GenerationRequest) -> EngineStream:
-    stream = engine.submit(request)
+async def submit(engine: LlamaEngine, request: GenerationRequest) -> EngineStream:
+    stream = await engine.submit(request)
     assert isinstance(stream, EngineStream)
     return stream
 
@@ -81,7 +81,9 @@ async def test_chat_completion_is_sensible(make_engine: MakeEngine) -> None:
     assert engine.state is EngineState.READY
     async with asyncio.timeout(TIMEOUT):
         text, result = await collect(
-            engine.submit(chat("What is the capital of France?", temperature=0.0, max_tokens=48))
+            await engine.submit(
+                chat("What is the capital of France?", temperature=0.0, max_tokens=48)
+            )
         )
     assert "Paris" in text
     assert result.finish_reason is FinishReason.STOP
@@ -101,7 +103,7 @@ async def test_four_concurrent_streams_complete(make_engine: MakeEngine) -> None
         GenerationRequest(prompt="1, 2, 3, 4,", temperature=0.0, max_tokens=64, stop=(" 9",)),
     ]
     async with asyncio.timeout(TIMEOUT):
-        outcomes = await asyncio.gather(*(collect(engine.submit(r)) for r in requests))
+        outcomes = await asyncio.gather(*[collect(await engine.submit(r)) for r in requests])
     reasons = [result.finish_reason for _, result in outcomes]
     assert reasons == [
         FinishReason.STOP,
@@ -121,10 +123,10 @@ async def test_four_concurrent_streams_complete(make_engine: MakeEngine) -> None
 async def test_cancel_during_prompt_frees_the_slot(make_engine: MakeEngine) -> None:
     engine = await make_engine(parallel=1)
     long_prompt = "The quick brown fox jumps over the lazy dog. " * 160
-    first = submit(engine, GenerationRequest(prompt=long_prompt, max_tokens=4))
+    first = await submit(engine, GenerationRequest(prompt=long_prompt, max_tokens=4))
     chunks = -(-first.prompt_tokens // PREFILL_CHUNK)
     assert chunks >= 5
-    second = submit(engine, GenerationRequest(prompt="Hello", max_tokens=4))
+    second = await submit(engine, GenerationRequest(prompt="Hello", max_tokens=4))
     async with asyncio.timeout(TIMEOUT):
         await first.wait_started()  # its first prompt chunk has been decoded
         first.cancel()
@@ -144,8 +146,10 @@ async def test_cancel_during_prompt_frees_the_slot(make_engine: MakeEngine) -> N
 
 async def test_cancel_during_generation_frees_the_slot(make_engine: MakeEngine) -> None:
     engine = await make_engine(parallel=1)
-    first = submit(engine, GenerationRequest(prompt=PROMPTS[0], temperature=0, max_tokens=1000))
-    second = submit(engine, GenerationRequest(prompt="Hello", max_tokens=4))
+    first = await submit(
+        engine, GenerationRequest(prompt=PROMPTS[0], temperature=0, max_tokens=1000)
+    )
+    second = await submit(engine, GenerationRequest(prompt="Hello", max_tokens=4))
     async with asyncio.timeout(TIMEOUT):
         await anext(aiter(first))
         first.cancel()
@@ -163,9 +167,11 @@ async def test_cancel_during_generation_frees_the_slot(make_engine: MakeEngine) 
 
 async def test_stalled_consumer_does_not_slow_the_others(make_engine: MakeEngine) -> None:
     engine = await make_engine(parallel=4, stream_buffer_tokens=4)
-    stalled = submit(engine, GenerationRequest(prompt=PROMPTS[0], temperature=0, max_tokens=60))
+    stalled = await submit(
+        engine, GenerationRequest(prompt=PROMPTS[0], temperature=0, max_tokens=60)
+    )
     others = [
-        engine.submit(GenerationRequest(prompt=p, temperature=0, max_tokens=40))
+        await engine.submit(GenerationRequest(prompt=p, temperature=0, max_tokens=40))
         for p in PROMPTS[1:]
     ]
     async with asyncio.timeout(TIMEOUT):
@@ -190,7 +196,7 @@ async def test_max_tokens_and_stop_strings_are_exact(make_engine: MakeEngine) ->
         prompt="Here is a list of fruits:\n1.", temperature=0, max_tokens=30
     )
     async with asyncio.timeout(TIMEOUT):
-        full, result = await collect(engine.submit(request))
+        full, result = await collect(await engine.submit(request))
         assert result.finish_reason is FinishReason.LENGTH
         assert result.usage.completion_tokens == 30
         stop = full[len(full) // 2 : len(full) // 2 + 3]
@@ -198,7 +204,7 @@ async def test_max_tokens_and_stop_strings_are_exact(make_engine: MakeEngine) ->
         stopped = GenerationRequest(
             prompt=request.prompt, temperature=0, max_tokens=30, stop=("zzzz", stop)
         )
-        text, result = await collect(engine.submit(stopped))
+        text, result = await collect(await engine.submit(stopped))
     assert text == full[:cut]
     assert result.finish_reason is FinishReason.STOP
     assert result.usage.completion_tokens <= 30
@@ -214,7 +220,7 @@ async def test_multibyte_text_never_yields_a_broken_character(make_engine: MakeE
     async with asyncio.timeout(TIMEOUT):
         for seed in (1, 2):
             streams = [
-                engine.submit(
+                await engine.submit(
                     GenerationRequest(prompt=p, temperature=0.9, seed=seed, max_tokens=40)
                 )
                 for p in prompts
@@ -301,7 +307,7 @@ async def test_injected_chat_still_generates(make_engine: MakeEngine) -> None:
     engine = await make_engine(parallel=1)
     request = chat(INJECTION, max_tokens=8)
     async with asyncio.timeout(TIMEOUT):
-        _, result = await collect(submit(engine, request))
+        _, result = await collect(await submit(engine, request))
     assert result.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
     assert result.usage.prompt_tokens == len(engine._tokenize(request))
 
@@ -331,8 +337,8 @@ async def test_same_seed_same_text_when_alone(make_engine: MakeEngine) -> None:
         max_tokens=32,
     )
     async with asyncio.timeout(TIMEOUT):
-        a, _ = await collect(engine.submit(request))
-        b, _ = await collect(engine.submit(request))
+        a, _ = await collect(await engine.submit(request))
+        b, _ = await collect(await engine.submit(request))
     assert a == b
     assert a
 
@@ -340,13 +346,13 @@ async def test_same_seed_same_text_when_alone(make_engine: MakeEngine) -> None:
 async def test_admission_errors(make_engine: MakeEngine) -> None:
     engine = await make_engine(parallel=1, max_queue=1, ctx_per_slot=256)
     with pytest.raises(InvalidRequest) as too_long:
-        engine.submit(GenerationRequest(prompt="word " * 400))
+        await engine.submit(GenerationRequest(prompt="word " * 400))
     assert too_long.value.status == 400
     assert engine.statistics().decode_steps_total == 0  # refused before any work
     long_running = GenerationRequest(prompt=PROMPTS[0], temperature=0, max_tokens=200)
-    streams = [engine.submit(long_running) for _ in range(2)]
+    streams = [await engine.submit(long_running) for _ in range(2)]
     with pytest.raises(Overloaded) as overloaded:
-        engine.submit(GenerationRequest(prompt="Hi"))
+        await engine.submit(GenerationRequest(prompt="Hi"))
     assert overloaded.value.retry_after >= 1
     for stream in streams:
         stream.cancel()
@@ -358,7 +364,7 @@ async def test_admission_errors(make_engine: MakeEngine) -> None:
 async def test_close_cancels_open_streams(make_engine: MakeEngine) -> None:
     engine = await make_engine(parallel=1, max_queue=2)
     long_running = GenerationRequest(prompt=PROMPTS[0], temperature=0, max_tokens=500)
-    streams = [engine.submit(long_running) for _ in range(2)]
+    streams = [await engine.submit(long_running) for _ in range(2)]
     async with asyncio.timeout(TIMEOUT):
         await engine.close()
     assert engine.state is EngineState.STOPPED
@@ -366,7 +372,7 @@ async def test_close_cancels_open_streams(make_engine: MakeEngine) -> None:
         assert stream.result is not None
         assert stream.result.finish_reason is FinishReason.CANCELLED
     with pytest.raises(NotReady):
-        engine.submit(GenerationRequest(prompt="Hi"))
+        await engine.submit(GenerationRequest(prompt="Hi"))
 
 
 async def test_close_while_loading_stops_cleanly() -> None:
@@ -378,4 +384,4 @@ async def test_close_while_loading_stops_cleanly() -> None:
         await starting
     assert engine.state is EngineState.STOPPED
     with pytest.raises(NotReady):
-        engine.submit(GenerationRequest(prompt="Hi"))
+        await engine.submit(GenerationRequest(prompt="Hi"))

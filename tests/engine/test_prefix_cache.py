@@ -78,7 +78,7 @@ async def test_chat_next_turn_prefills_only_the_new_tokens(make_engine: MakeEngi
     engine = await make_engine()
     first = chat(user("What is the capital of France?"))
     async with asyncio.timeout(TIMEOUT):
-        reply, result = await collect(engine.submit(first))
+        reply, result = await collect(await engine.submit(first))
         assert result.finish_reason is FinishReason.STOP  # ended by <|im_end|>
         before = engine.statistics()
         second = chat(
@@ -86,7 +86,7 @@ async def test_chat_next_turn_prefills_only_the_new_tokens(make_engine: MakeEngi
             ChatMessage("assistant", reply),
             user("And of Germany?"),
         )
-        _, result2 = await collect(engine.submit(second))
+        _, result2 = await collect(await engine.submit(second))
     decoded, cached = delta(engine.statistics(), before)
     prompt1 = engine._tokenize(first)
     prompt2 = engine._tokenize(second)
@@ -106,16 +106,16 @@ async def test_greedy_output_after_a_cached_prefix_equals_a_cold_run(
     engine = await make_engine(parallel=1)
     request = chat(user("Write a short poem about the sea."), max_tokens=64)
     async with asyncio.timeout(TIMEOUT):
-        cold, cold_result = await collect(cold_engine.submit(request))
+        cold, cold_result = await collect(await cold_engine.submit(request))
         assert cold_engine.statistics().prefix_cached_tokens_total == 0
         # Same system prompt, another question: the slot then holds a shared prefix.
-        await collect(engine.submit(chat(user("What is 2 + 2?"), max_tokens=8)))
+        await collect(await engine.submit(chat(user("What is 2 + 2?"), max_tokens=8)))
         before = engine.statistics()
-        warm, warm_result = await collect(engine.submit(request))
+        warm, warm_result = await collect(await engine.submit(request))
         _, partly_cached = delta(engine.statistics(), before)
         # The same request again: all but its last prompt token come from the cache.
         before = engine.statistics()
-        again, _ = await collect(engine.submit(request))
+        again, _ = await collect(await engine.submit(request))
         decoded, fully_cached = delta(engine.statistics(), before)
     prompt = engine._tokenize(request)
     assert 0 < partly_cached < len(prompt)
@@ -135,8 +135,8 @@ async def test_cancel_during_prompt_then_the_same_prompt_reuses_what_was_decoded
     long_prompt = "The quick brown fox jumps over the lazy dog. " * 90
     request = GenerationRequest(prompt=long_prompt, temperature=0.0, max_tokens=24)
     async with asyncio.timeout(TIMEOUT):
-        cold, _ = await collect(cold_engine.submit(request))
-        stream = engine.submit(request)
+        cold, _ = await collect(await cold_engine.submit(request))
+        stream = await engine.submit(request)
         chunks = -(-stream.prompt_tokens // PREFILL_CHUNK)
         assert chunks >= 5
         await stream.wait_started()  # type: ignore[attr-defined]
@@ -145,7 +145,7 @@ async def test_cancel_during_prompt_then_the_same_prompt_reuses_what_was_decoded
         assert cancelled.finish_reason is FinishReason.CANCELLED
         done = engine.statistics().prompt_tokens_total  # chunks decoded before the cancel
         before = engine.statistics()
-        warm, result = await collect(engine.submit(request))
+        warm, result = await collect(await engine.submit(request))
     decoded, cached = delta(engine.statistics(), before)
     # The cancelled stream's slot kept exactly the chunks that were decoded.
     assert 0 < done < stream.prompt_tokens
@@ -167,7 +167,7 @@ async def test_new_prompt_takes_the_slot_with_the_longest_shared_prefix(
     async with asyncio.timeout(TIMEOUT):
         # Three at once: each gets its own slot.
         await asyncio.gather(
-            *(collect(engine.submit(chat(user(q), max_tokens=4))) for q in questions)
+            *[collect(await engine.submit(chat(user(q), max_tokens=4))) for q in questions]
         )
         prompts = {q: engine._tokenize(chat(user(q))) for q in questions}
         holders = {
@@ -183,7 +183,7 @@ async def test_new_prompt_takes_the_slot_with_the_longest_shared_prefix(
         assert all(len(scheduler.slot_tokens[holders[q]]) == len(prompts[q]) + 3 for q in questions)
         assert sorted(holders.values()) == [0, 1, 2]
         before = engine.statistics()
-        await collect(engine.submit(chat(user(questions[1]), max_tokens=4)))
+        await collect(await engine.submit(chat(user(questions[1]), max_tokens=4)))
     _, cached = delta(engine.statistics(), before)
     # The whole prompt is cached there; its last token is decoded again for logits.
     prompt = prompts[questions[1]]
@@ -202,11 +202,11 @@ async def test_switching_the_cache_off_decodes_whole_prompts_and_drops_kept_cell
     assert scheduler is not None
     request = chat(user("Name a colour."), max_tokens=4)
     async with asyncio.timeout(TIMEOUT):
-        text, _ = await collect(engine.submit(request))
+        text, _ = await collect(await engine.submit(request))
         assert any(scheduler.slot_tokens)  # the slot kept its cells
         engine.prefix_cache = False
         before = engine.statistics()
-        again, _ = await collect(engine.submit(request))
+        again, _ = await collect(await engine.submit(request))
     decoded, cached = delta(engine.statistics(), before)
     assert (decoded, cached) == (len(engine._tokenize(request)), 0)
     assert not any(scheduler.slot_tokens)  # idle slots keep nothing
