@@ -19,6 +19,12 @@ DELETE   /v1/generations/{id}                cancel it
 GET      /v1/ws                              WebSocket, many streams at once
 =======  ==================================  ======================================
 
+Before anything else, every request passes the browser policy of
+:mod:`rawstream.sansio.origin` (``--allow-origin``, ``--allow-host``): a web page
+from another site, or one reaching the server by DNS rebinding, is refused before
+its body is read, before authentication and before a WebSocket's ``101``; pages of
+allowed origins get CORS headers on every response, and their preflights an answer.
+
 Authentication happens here, at the connection level, before any endpoint runs:
 with ``--api-key`` set, every route but the public ones needs a key (see
 :mod:`rawstream.sansio.auth`), and a WebSocket without one is refused before the
@@ -56,6 +62,7 @@ from rawstream.sansio.auth import (
 )
 from rawstream.sansio.http import Request
 from rawstream.sansio.openai import APIError
+from rawstream.sansio.origin import OriginPolicy, Preflight, Refused
 from rawstream.sansio.routing import Match, Route, Router
 from rawstream.server.exchange import Exchange
 from rawstream.server.server import Server
@@ -131,6 +138,8 @@ class App:
         self.metrics = Metrics(self.server, self.engine)
         self.auth = Authenticator.from_config(config)
         self.router = Router(ROUTES)
+        #: The browser policy; it names the bound port, so :meth:`start` builds it.
+        self.origins: OriginPolicy | None = None
         self.generations = Generations(self)
         self.started_at = int(time.time())
         # Route name -> what runs it, called with the exchange and the path parameters.
@@ -153,10 +162,16 @@ class App:
     async def start(self) -> None:
         """Listen at once (health says loading), then load the model.
 
-        Raises :class:`StartupError` if the engine fails to start.
+        Raises :class:`StartupError` if an ``--allow-origin`` or ``--allow-host``
+        entry is not one (before listening), or if the engine fails to start.
         """
-        await self.server.start()
         c = self.config
+        try:
+            OriginPolicy.from_config(c, c.port)  # a bad entry stops us before listening
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        await self.server.start()
+        self.origins = OriginPolicy.from_config(c, self.server.port)
         log.info(
             "rawstream listening on http://%s:%d  engine=%s parallel=%d auth=%s",
             c.host, self.server.port, c.engine, c.parallel,
@@ -175,12 +190,45 @@ class App:
         await self.engine.close()
 
     async def handle(self, exchange: Exchange) -> None:
-        """Route, authenticate and run one request."""
+        """Check the browser policy, then route, authenticate and run one request.
+
+        The policy answers first, on every route (``/`` and ``/health`` too), from
+        the request head alone:
+
+        * a disallowed ``Origin`` gets **403** (RFC 6455 section 10.2 asks for it on
+          a WebSocket handshake; for HTTP it is the plain "understood, and refused");
+        * a disallowed ``Host`` gets **421 Misdirected Request**. RFC 9110 section
+          15.5.20: "The 421 (Misdirected Request) status code indicates that the
+          request was directed at a server that is unable or unwilling to produce an
+          authoritative response for the target URI. An origin server [...] sends
+          421 to reject a target URI that does not match an origin for which the
+          server has been configured". That is exactly a rebinding page's request:
+          nothing is wrong with it but the name, which this server does not serve
+          (400 would say the request is malformed, 403 that its sender lacks a
+          right, and 404 that the path is missing);
+        * a CORS preflight from an allowed origin gets **204** with the CORS headers,
+          before authentication, since a browser never sends a key with one.
+
+        Every other response of an allowed request carries the policy's CORS headers
+        (``exchange.extra_headers``).
+        """
         request = exchange.request
         match = self.router.match(request.method, request.path)
         name = match.route.name if isinstance(match, Match) else "none"
         exchange.request = redact_query_key(request)  # authenticate with the original
         try:
+            assert self.origins is not None, "App.start() builds the policy"
+            decision = self.origins.check(request.method, request.headers, request.target)
+            if isinstance(decision, Refused):
+                exchange.log_extra["refused"] = decision.code
+                error = APIError(decision.status, decision.message, code=decision.code)
+                await exchange.respond(decision.status, error.body())
+                return
+            exchange.extra_headers = decision.headers
+            if isinstance(decision, Preflight):
+                name = "preflight"
+                await exchange.respond(decision.status)
+                return
             if not isinstance(match, Match):
                 headers = [(b"allow", ", ".join(match.allow).encode())] if match.allow else []
                 message = "not found" if match.status == 404 else "method not allowed"

@@ -59,6 +59,9 @@ class Exchange:
         self.sse: SSEStream | None = None
         #: Extra fields for the access log line (the app adds e.g. ``tokens``).
         self.log_extra: dict[str, Any] = {}
+        #: Headers added to every response of this exchange (the app's CORS headers);
+        #: a tuple, so that an exchange without any allocates nothing.
+        self.extra_headers: tuple[tuple[bytes, bytes], ...] = ()
         self.status: int | None = None
         self.bytes_sent = 0
         # A list, not a deque (an empty deque costs 624 bytes per connection); it is
@@ -153,7 +156,7 @@ class Exchange:
 
     # ------------------------------------------------------------------ responses
     def _response_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-        out = list(headers)
+        out = [*headers, *self.extra_headers]
         conn = self.conn.h11
         unread_body = conn is not None and conn.their_state is not h11.DONE
         if self.shutting_down or unread_body:
