@@ -30,6 +30,16 @@ Validation rules (what OpenAI documents, checked strictly):
   ``min_p`` (0..1), ``repeat_penalty`` (> 0).
 - Fields this server does not know (``user``, ``logit_bias``, ``tools``...) are
   ignored, as OpenAI-compatible servers commonly do.
+- Every string used (message content and text parts, ``stop``, ``model``,
+  ``prompt``) must be Unicode text: JSON can escape a lone UTF-16 surrogate
+  (``"\\ud800"``), and ``json.loads`` decodes it (and the UTF-8-style bytes
+  ``ED A0 80``) into a ``str`` that no encoder accepts. Such a string is refused with
+  ``code: "invalid_unicode"`` and the field as ``param``, before the engine sees it.
+  (A role is one of the names above, so it cannot hold one.)
+
+Responses are ASCII: every JSON text is written with ``json.dumps``' default
+``ensure_ascii``, so whatever a body carries (generated text, a model name, an error
+quoting the request) it encodes, and a lone surrogate is written as its escape.
 
 Streaming hot path: every chunk of one stream shares all of its JSON except the delta
 text, so :class:`ChunkEncoder` builds the constant prefix and suffix once and per event
@@ -48,6 +58,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
@@ -82,6 +93,7 @@ DONE = b"data: [DONE]\n\n"
 DEFAULT_MAX_MESSAGES = 1024
 
 _COMPACT = (",", ":")  # separators of every JSON this module writes
+_FLOAT_MAX = sys.float_info.max
 _MAX_STOP = 4  # OpenAI: "Up to 4 sequences where the API will stop generating"
 _ROLES = {
     "system": "system",
@@ -219,7 +231,7 @@ def completion_from_json(obj: object) -> CompletionRequest:
         _invalid("prompt", "prompt is required", code="missing_required_parameter")
     if not isinstance(prompt, str):
         _invalid("prompt", "prompt must be a string")
-    return _request(Kind.TEXT, fields, prompt=prompt)
+    return _request(Kind.TEXT, fields, prompt=_text("prompt", prompt))
 
 
 def _load(body: bytes) -> object:
@@ -245,6 +257,27 @@ def _invalid(param: str, message: str, code: str | None = "invalid_value") -> No
     raise APIError(400, message, code=code, param=param)
 
 
+def _text(param: str, value: str) -> str:
+    """``value`` if it is Unicode text (UTF-8 can encode it); else a 400 naming ``param``.
+
+    This runs for every string of every request, on the event loop. ``isascii()``
+    answers at once for an ASCII string (CPython knows it without reading it); any
+    other is encoded once, at C speed, which also finds the first lone surrogate.
+    """
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        _invalid(
+            param,
+            f"{param} holds a lone UTF-16 surrogate (U+{ord(value[exc.start]):04X} at "
+            f"character {exc.start}), which is not a Unicode character: send valid text",
+            code="invalid_unicode",
+        )
+    return value
+
+
 def _request(
     kind: Kind,
     fields: Mapping[str, Any],
@@ -253,8 +286,10 @@ def _request(
     prompt: str | None = None,
 ) -> CompletionRequest:
     model = fields.get("model")
-    if model is not None and not isinstance(model, str):
-        _invalid("model", "model must be a string", code="invalid_type")
+    if model is not None:
+        if not isinstance(model, str):
+            _invalid("model", "model must be a string", code="invalid_type")
+        _text("model", model)
 
     stream = _bool(fields, "stream", False)
     include_usage = False
@@ -324,8 +359,10 @@ def _number(
     # bool is a subclass of int in Python, but JSON's true is not a number.
     if isinstance(value, bool) or not isinstance(value, int | float):
         _invalid(name, f"{name} must be a number", code="invalid_type")
+    # An int is finite but may be beyond every float (1e400 written out in digits).
+    finite = isinstance(value, int) or math.isfinite(value)
     too_low = value <= low if open_low else value < low
-    if too_low or value > high or not math.isfinite(value):
+    if too_low or value > high or not finite or abs(value) > _FLOAT_MAX:
         low_text = f"greater than {low:g}" if open_low else f"at least {low:g}"
         high_text = "" if high == math.inf else f" and at most {high:g}"
         _invalid(name, f"{name} must be {low_text}{high_text}, got {value}")
@@ -356,17 +393,19 @@ def _int(
 def _stop(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, str):
+    one = isinstance(value, str)
+    if one:
         value = [value]
     if not isinstance(value, list):
         _invalid("stop", "stop must be a string or a list of strings", code="invalid_type")
     if len(value) > _MAX_STOP:
         _invalid("stop", f"stop may hold at most {_MAX_STOP} sequences, got {len(value)}")
-    for item in value:
+    for i, item in enumerate(value):
         if not isinstance(item, str):
             _invalid("stop", "stop must be a string or a list of strings", code="invalid_type")
         if not item:
             _invalid("stop", "stop sequences must not be empty")
+        _text("stop" if one else f"stop[{i}]", item)
     return tuple(value)
 
 
@@ -400,7 +439,7 @@ def _message(index: int, item: object) -> ChatMessage:
     if content is None:
         text = ""
     elif isinstance(content, str):
-        text = content
+        text = _text(f"{where}.content", content)
     elif isinstance(content, list):
         text = "\n".join(_text_part(f"{where}.content[{j}]", p) for j, p in enumerate(content))
     else:
@@ -425,7 +464,7 @@ def _text_part(where: str, part: object) -> str:
     text = part.get("text")
     if not isinstance(text, str):
         _invalid(f"{where}.text", f"{where}.text must be a string", code="invalid_type")
-    return text
+    return _text(f"{where}.text", text)
 
 
 # --- responses --------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from rawstream.sansio.openai import (
     ChunkEncoder,
     Kind,
     chat_completion_body,
+    chat_completion_from_json,
+    completion_from_json,
     completion_id,
     error_for_result,
     models_body,
@@ -236,6 +238,9 @@ ERROR_CASES: list[tuple[str, bytes, str | None]] = [
     ("top_k negative", chat(top_k=-1), "top_k"),
     ("min_p high", chat(min_p=2), "min_p"),
     ("repeat_penalty zero", chat(repeat_penalty=0), "repeat_penalty"),
+    # An integer beyond any float: no upper bound to catch it, and not a float to be inf.
+    ("repeat_penalty huge integer", chat(repeat_penalty=10**400), "repeat_penalty"),
+    ("temperature huge integer", chat(temperature=-(10**400)), "temperature"),
 ]
 
 
@@ -521,3 +526,140 @@ def test_openai_sdk_reads_the_stream() -> None:
     body = chat_completion_body(id="chatcmpl-1", created=1, model="m", text="Hi", result=STOP)
     completion = types.ChatCompletion.model_validate_json(body)
     assert completion.choices[0].message.content == "Hi"
+
+
+# --- text that is not Unicode -----------------------------------------------------------
+#
+# JSON may escape a lone UTF-16 surrogate ("\ud800"); json.loads decodes it, and the
+# bytes ED A0 80 as well, into a str that UTF-8 refuses to encode. Such text is refused
+# where it enters, naming the field, so it never reaches the engine or a log line.
+
+LONE = "\\ud800"  # the JSON escape, written into bodies by hand
+
+SURROGATE_CASES: list[tuple[str, bytes, str]] = [
+    (
+        "content, 4th message",
+        chat(messages=[USER[0]] * 3 + [{"role": "user", "content": "x"}]).replace(
+            b'"x"', f'"x{LONE}y"'.encode()
+        ),
+        "messages[3].content",
+    ),
+    ("content, low surrogate", chat().replace(b'"hi"', b'"hi\\udfff"'), "messages[0].content"),
+    (
+        "content, raw UTF-8 bytes",
+        chat().replace(b'"hi"', '"h\u00e9\ud800"'.encode("utf-8", "surrogatepass")),
+        "messages[0].content",
+    ),
+    (
+        "text part",
+        chat(messages=[{"role": "user", "content": [{"type": "text", "text": "ok"}] * 2}]).replace(
+            b'"ok"}]', f'"{LONE}"}}]'.encode()
+        ),
+        "messages[0].content[1].text",
+    ),
+    ("stop string", chat(stop="x").replace(b'"x"', f'"{LONE}"'.encode()), "stop"),
+    ("stop list", chat(stop=["a", "x"]).replace(b'"x"', f'"{LONE}"'.encode()), "stop[1]"),
+    ("model", chat(model="x").replace(b'"x"', f'"m{LONE}"'.encode()), "model"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"), [c[1:] for c in SURROGATE_CASES], ids=[c[0] for c in SURROGATE_CASES]
+)
+def test_lone_surrogates_are_refused(body: bytes, param: str) -> None:
+    error = chat_error(body)
+    assert (error.status, error.type, error.code, error.param) == (
+        400,
+        "invalid_request_error",
+        "invalid_unicode",
+        param,
+    )
+    assert param in error.message and "surrogate" in error.message
+    assert error.message.encode()  # the message itself is encodable text
+    assert json.loads(error.body())["error"]["param"] == param
+
+
+def test_surrogate_error_says_where() -> None:
+    error = chat_error(chat().replace(b'"hi"', b'"abc\\udc80"'))
+    assert "U+DC80" in error.message and "character 3" in error.message
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (completion().replace(b'"Once"', f'"Once {LONE}"'.encode()), "prompt"),
+        (completion(prompt=["x"]).replace(b'"x"', f'"{LONE}"'.encode()), "prompt"),
+        (completion(stop="x").replace(b'"x"', f'"{LONE}"'.encode()), "stop"),
+        (completion(model="x").replace(b'"x"', f'"{LONE}"'.encode()), "model"),
+    ],
+)
+def test_lone_surrogates_in_completions_are_refused(body: bytes, param: str) -> None:
+    with pytest.raises(APIError) as info:
+        parse_completion(body)
+    assert (info.value.status, info.value.code, info.value.param) == (
+        400,
+        "invalid_unicode",
+        param,
+    )
+
+
+def test_surrogate_role_is_not_a_role_and_its_message_encodes() -> None:
+    error = chat_error(chat().replace(b'"user"', f'"user{LONE}"'.encode()))
+    assert (error.param, error.code) == ("messages[0].role", "invalid_value")
+    assert "\\ud800" in error.message  # shown escaped, never as the raw code point
+    error.message.encode()
+
+
+def test_already_decoded_json_is_checked_too() -> None:
+    # The WebSocket API hands decoded JSON to chat_completion_from_json.
+    obj = {"messages": [{"role": "user", "content": "\ud800"}]}
+    with pytest.raises(APIError) as info:
+        chat_completion_from_json(obj)
+    assert (info.value.param, info.value.code) == ("messages[0].content", "invalid_unicode")
+    with pytest.raises(APIError) as info:
+        completion_from_json({"prompt": "\U0010ffff\udfff"})
+    assert info.value.param == "prompt" and "character 1" in info.value.message
+
+
+def test_surrogate_pairs_and_other_unicode_are_text() -> None:
+    body = chat().replace(b'"hi"', b'"\\ud83d\\ude00 caf\\u00e9 \xe6\x97\xa5 \\u2028"')
+    request = parse_chat_completion(body)
+    messages = request.generation.messages
+    assert messages is not None
+    assert messages[0].content == "\U0001f600 caf\u00e9 \u65e5 \u2028"
+    stop = parse_completion(completion(stop=["\U0001f600", "\u00e9"])).generation.stop
+    assert stop == ("\U0001f600", "\u00e9")
+
+
+# --- every response is ASCII bytes ------------------------------------------------------
+#
+# The bodies and events are written with json.dumps' default ensure_ascii, so whatever
+# text they carry (a model name from a file name with undecodable bytes, generated text,
+# an error message quoting the request) they are ASCII and encoding cannot fail.
+
+AWKWARD = "caf\u00e9 \U0001f600 \ud800 \udcff \u2028 \x00"
+
+
+def test_bodies_are_ascii_whatever_the_text() -> None:
+    bodies = [
+        chat_completion_body(id="c", created=1, model=AWKWARD, text=AWKWARD, result=STOP),
+        text_completion_body(id="c", created=1, model=AWKWARD, text=AWKWARD, result=LENGTH),
+        models_body([AWKWARD], created=1),
+        APIError(400, AWKWARD, code=AWKWARD, param=AWKWARD).body(),
+        APIError(400, AWKWARD).sse(),
+    ]
+    for body in bodies:
+        assert body.isascii(), body
+    assert json.loads(bodies[0])["choices"][0]["message"]["content"] == AWKWARD
+    assert json.loads(bodies[2])["data"][0]["id"] == AWKWARD
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_stream_events_are_ascii_whatever_the_text(kind: Kind) -> None:
+    enc = ChunkEncoder(kind, id="c", created=1, model=AWKWARD, include_usage=True)
+    events = enc.start() + enc.delta(AWKWARD) + enc.finish(STOP)
+    assert events.isascii()
+    texts = [json.loads(e) for e in decode_stream(events)[:-1]]
+    assert {t["model"] for t in texts} == {AWKWARD}
+    failed = ChunkEncoder(kind, id="c", created=1, model=AWKWARD)
+    assert (failed.delta(AWKWARD) + failed.finish(FAILED)).isascii()
