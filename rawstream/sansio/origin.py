@@ -107,6 +107,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from rawstream.config import Config
 
@@ -126,6 +127,8 @@ __all__ = [
 ]
 
 Headers = list[tuple[bytes, bytes]]
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 #: RFC 6454 section 4: the default port of each scheme an ``Origin`` may name.
 DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -265,6 +268,10 @@ class Refused:
 
 #: What :meth:`OriginPolicy.check` decides.
 Decision = Allowed | Preflight | Refused
+#: The Host check's outcome: a refusal, or ``None`` and the ``(name, port)`` named.
+_HostVerdict = tuple[Refused | None, tuple[str, int | None] | None]
+#: Entries of each verdict memo of an :class:`OriginPolicy`.
+_MEMO_SIZE = 256
 
 _NO_ORIGIN_GET = Allowed((_VARY_ORIGIN,))
 _NO_ORIGIN = Allowed()
@@ -294,6 +301,11 @@ class OriginPolicy:
         self.any_host = any_host
         #: Whether any IP-literal ``Host`` is accepted (bound to a wildcard address).
         self.ip_literal_hosts = ip_literal_hosts
+        # Verdicts by raw Host value and by (Origin, host): nearly every request
+        # repeats one of a few, and parsing costs about 2 us a request. Bounded by
+        # _MEMO_SIZE (emptied when full), so varied values cannot grow them.
+        self._host_memo: dict[bytes, _HostVerdict] = {}
+        self._origin_memo: dict[tuple[bytes, tuple[str, int | None] | None], bool] = {}
 
     @classmethod
     def build(
@@ -361,10 +373,14 @@ class OriginPolicy:
         if not origin_values:
             return _NO_ORIGIN_GET if method in ("GET", "HEAD") else _NO_ORIGIN
         if len(origin_values) > 1:
-            return Refused(403, "more than one Origin header", "origin_not_allowed")
+            return Refused(403, "more than one Origin header", code="origin_not_allowed")
         raw = origin_values[0]
-        if not self.origin_allowed(raw, host):
-            return Refused(403, _origin_refusal(raw), "origin_not_allowed")
+        allowed = self._origin_memo.get((raw, host))
+        if allowed is None:
+            allowed = self.origin_allowed(raw, host)
+            _remember(self._origin_memo, (raw, host), allowed)
+        if not allowed:
+            return Refused(403, _origin_refusal(raw), code="origin_not_allowed")
         cors = ((b"access-control-allow-origin", raw), _VARY_ORIGIN)
         if method == "OPTIONS" and _header(headers, b"access-control-request-method"):
             return Preflight(_preflight_headers(raw, headers))
@@ -388,30 +404,34 @@ class OriginPolicy:
             return False
         return origin in self.origins or _same_as_host(origin, host)
 
-    def _check_host(
-        self, values: list[bytes], target: str
-    ) -> tuple[Refused | None, tuple[str, int | None] | None]:
+    def _check_host(self, values: list[bytes], target: str) -> _HostVerdict:
         """A refusal, or ``None`` and the ``(name, port)`` the request was sent to."""
         if len(values) > 1:
-            return Refused(400, "more than one Host header", "invalid_host"), None
-        if target.lower().startswith(("http://", "https://")):
+            return Refused(400, "more than one Host header", code="invalid_host"), None
+        if target[:1] not in ("/", "*", "") and target.lower().startswith(("http://", "https://")):
             authority = target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
-            text = authority.rpartition("@")[2]
-        elif values:
-            try:
-                text = values[0].decode("ascii")
-            except UnicodeDecodeError:
-                return Refused(400, "the Host header is not valid", "invalid_host"), None
-        else:
+            return self._host_verdict(authority.rpartition("@")[2])
+        if not values:
             return None, None  # HTTP/1.0 without Host: nothing to check
+        raw = values[0]
+        verdict = self._host_memo.get(raw)
+        if verdict is None:
+            try:
+                verdict = self._host_verdict(raw.decode("ascii"))
+            except UnicodeDecodeError:
+                verdict = Refused(400, "the Host header is not valid", code="invalid_host"), None
+            _remember(self._host_memo, raw, verdict)
+        return verdict
+
+    def _host_verdict(self, text: str) -> _HostVerdict:
         host = parse_host(text)
         if host is None:
-            return Refused(400, f"the Host {text!r} is not valid", "invalid_host"), None
+            return Refused(400, f"the Host {text!r} is not valid", code="invalid_host"), None
         name = host[0]
         if not name:
             # RFC 9110 section 4.2.1: "A sender MUST NOT generate an "http" URI with
             # an empty host identifier."
-            return Refused(400, "the Host header names no host", "invalid_host"), None
+            return Refused(400, "the Host header names no host", code="invalid_host"), None
         if not self.host_allowed(name):
             return (
                 Refused(
@@ -419,11 +439,17 @@ class OriginPolicy:
                     f"this server does not answer to the name {name!r} (a web page may be "
                     f"using DNS rebinding); to allow it, start the server with "
                     f"--allow-host {name}",
-                    "host_not_allowed",
+                    code="host_not_allowed",
                 ),
                 None,
             )
         return None, host
+
+
+def _remember(memo: dict[_K, _V], key: _K, value: _V) -> None:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
 
 
 def _origin_refusal(raw: bytes) -> str:

@@ -340,3 +340,15 @@ def test_from_config() -> None:
     assert Origin("http", "127.0.0.1", 4321) in p.origins
     assert Origin("http", "localhost", 4321) in p.origins
     assert {"127.0.0.1", "localhost", "::1"} <= p.hosts
+
+
+def test_verdict_memos_stay_bounded() -> None:
+    """Every request may name another Host or Origin; the memos never grow past a bound."""
+    p = policy()
+    for i in range(2000):
+        p.check("POST", head(f"h{i}.example:8000", f"http://o{i}.example"))
+        p.check("POST", head(origin=f"http://o{i}.example"))
+    assert 0 < len(p._host_memo) <= 256
+    assert 0 < len(p._origin_memo) <= 256
+    assert isinstance(p.check("GET", head("h1.example")), Refused)
+    assert isinstance(p.check("GET", head()), Allowed)
