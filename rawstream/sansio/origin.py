@@ -110,6 +110,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from rawstream.config import Config
+from rawstream.sansio.http import Headers
 
 __all__ = [
     "ALLOW_HEADERS",
@@ -126,7 +127,6 @@ __all__ = [
     "parse_origin",
 ]
 
-Headers = list[tuple[bytes, bytes]]
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
