@@ -76,15 +76,16 @@ class Config:
     )
     allow_origin: tuple[str, ...] = _opt(
         (),
-        "Allow browser requests and WebSocket upgrades whose Origin is this "
-        "(repeatable; '*' allows any). Default: the server's own origins "
-        "(http://127.0.0.1:PORT, http://localhost:PORT and the bound address).",
+        "Also allow browser requests and WebSocket upgrades from this Origin "
+        "(repeatable; '*' allows any). Always allowed: the server's own origins "
+        "(http://127.0.0.1:PORT, http://localhost:PORT, the bound address).",
         repeat=True,
     )
     allow_host: tuple[str, ...] = _opt(
         (),
-        "Accept requests whose Host is this name, port ignored (repeatable; '*' allows "
-        "any). Default: 127.0.0.1, localhost, ::1 and the bound address.",
+        "Also accept requests whose Host is this name, port ignored (repeatable; '*' "
+        "allows any). Always accepted: 127.0.0.1, localhost, ::1 and the bound address; "
+        "bound to 0.0.0.0 or ::, any IP address.",
         repeat=True,
     )
     loop: str = _opt("auto", "Event loop: 'auto' (uvloop when installed), 'uvloop' or 'asyncio'.")

@@ -179,7 +179,7 @@ async def test_keep_alive_survives_an_error(fake_app: FakeAppFactory) -> None:
         try:
             bad = b"{nope"
             writer.write(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json"
                 b"\r\ncontent-length: %d\r\n\r\n%s" % (len(bad), bad)
             )
             head = await read_response_head(reader, TIMEOUT)
@@ -187,7 +187,7 @@ async def test_keep_alive_survives_an_error(fake_app: FakeAppFactory) -> None:
             assert b"connection: close" not in head.lower()
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             await asyncio.wait_for(reader.readexactly(length), TIMEOUT)
-            writer.write(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            writer.write(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             head = await read_response_head(reader, TIMEOUT)
             assert head.startswith(b"HTTP/1.1 200 ")
         finally:

@@ -53,7 +53,7 @@ async def scrape_metrics() -> str:
     await app.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", app.server.port)
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: docs\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         raw = await asyncio.wait_for(reader.read(), 10)
         writer.close()
     finally:
