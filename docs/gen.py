@@ -313,7 +313,7 @@ def _status_of(call: ast.Call, class_status: dict[str, str], helper_status: dict
     name = _callee(call)
     if name in _WS_BUILDERS:
         return "ws"
-    if name == "APIError" and call.args and isinstance(call.args[0], ast.Constant):
+    if name in ("APIError", "Refused") and call.args and isinstance(call.args[0], ast.Constant):
         return str(call.args[0].value)
     return class_status.get(name) or helper_status.get(name) or "?"
 
