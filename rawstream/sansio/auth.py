@@ -147,6 +147,10 @@ def _candidates(headers: list[tuple[bytes, bytes]], query: str) -> Iterator[byte
             token = token.strip()
             if scheme.lower() == b"bearer" and token:
                 yield token
+    for name, value in headers:
+        # Anthropic's clients send the key as "x-api-key: <key>" instead.
+        if name.lower() == b"x-api-key" and value.strip():
+            yield value.strip()
     prefix = SUBPROTOCOL_PREFIX.encode()
     for name, value in headers:
         if name.lower() == b"sec-websocket-protocol":
