@@ -36,10 +36,16 @@ pure functions, so that they can be read, tested and changed in one place:
   space (section 5.2: a server MUST either reject the message or replace each
   obs-fold with SP). rawstream keeps both of h11's choices: neither lets one
   request be read as two, because rawstream is the only parser on the connection.
-  Behind a proxy, the proxy's stricter parse runs first. One deviation: section
-  2.2 says a server "SHOULD ignore at least one empty line (CRLF) received prior
-  to the request-line"; h11 refuses such a request with 400, and rawstream keeps
-  that (clients that send a stray CRLF after a body are from the HTTP/1.0 era).
+  Behind a proxy, the proxy's stricter parse runs first.
+* **Empty lines before a request line.** RFC 9112 section 2.2: "In the interest of
+  robustness, a server that is expecting to receive and parse a request-line SHOULD
+  ignore at least one empty line (CRLF) received prior to the request-line." h11
+  refuses such a request with 400, so the connection strips them before h11 sees
+  them, with :func:`skip_empty_lines`: any number of CRLF or bare LF lines, on a
+  fresh connection and between requests (the stray CRLF some clients send after a
+  body). A bare CR is no empty line and stays an error. The empty lines count
+  against ``--max-header-bytes`` together with the head that follows them, and the
+  head deadline runs while they arrive, so a flood of them is bounded like a head.
 * **Reason phrases.** h11 sends ``HTTP/1.1 200 `` with an empty reason unless it is
   given one, and some clients (h2load) count such a response as failed; every
   response rawstream sends carries the phrase from :data:`REASONS`.
@@ -62,6 +68,9 @@ Headers = list[tuple[bytes, bytes]]
 #: The methods rawstream implements (RFC 9110 section 9.3, and PATCH from RFC 5789);
 #: any other method is answered 501.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+#: The empty lines (CRLF or bare LF) :func:`skip_empty_lines` drops.
+_EMPTY_LINES = re.compile(rb"(?:\r?\n)*")
 
 #: A request line that h11 refused but that names an HTTP version: method, target
 #: and ``HTTP/<major>[.<minor>]`` (h11 insists on exactly one digit each).
@@ -158,6 +167,25 @@ def version_error_in_line(line: bytes) -> BadRequest | None:
     if match is not None and match.group(1) != b"1":
         return BadRequest(505, f"HTTP/{match.group(1).decode()} is not supported")
     return None
+
+
+def skip_empty_lines(data: bytes, cr_held: bool = False) -> tuple[bytes, int, bool]:
+    """Drop the empty lines in front of a request line (RFC 9112 section 2.2).
+
+    ``data`` is what arrived while a request line is expected; ``cr_held`` says
+    that the previous piece ended in a CR that may start a CRLF. Returns what is
+    left from the first byte of the request line on, how many bytes were dropped,
+    and whether a CR at the very end is held back for the next piece (it is not
+    part of what is returned). A CR followed by anything but LF is returned as is:
+    it is not an empty line, and h11 refuses it.
+    """
+    if cr_held:
+        data = b"\r" + data
+    match = _EMPTY_LINES.match(data)  # matches always, if only the empty string
+    end = match.end() if match else 0
+    if data[end:] == b"\r":
+        return b"", end, True
+    return data[end:], end, False
 
 
 def head_size(event: h11.Request) -> int:

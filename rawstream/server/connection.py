@@ -9,15 +9,27 @@ time, like h11's own example server:
 1. ``IDLE``: waiting for a request head. A deadline runs: ``--head-timeout`` from
    accept (so a fresh connection that sends nothing, or trickles a header byte at a
    time, is closed), ``--keepalive-timeout`` between requests until the next one's
-   first byte arrives, then the head deadline again.
+   first byte arrives, then the head deadline again. Empty lines (CRLF or bare LF)
+   in front of a request line are dropped before h11 sees them (RFC 9112 section
+   2.2, see :mod:`rawstream.sansio.http`); they count as the first byte for the
+   deadlines and against ``--max-header-bytes`` with the head after them.
 2. h11 yields a ``Request``: rawstream's own checks run (:mod:`rawstream.sansio.http`),
    then the handler starts as a task with an :class:`~rawstream.server.exchange.Exchange`.
    The body (``Data`` events, then ``EndOfMessage``) flows to the exchange as it
-   arrives. Reading continues while the handler runs, so a client that hangs up is
-   noticed at once and its handler cancelled; pipelined requests stay in h11's
-   buffer (h11 answers ``PAUSED``) and reading pauses if they pile up.
+   arrives, under two deadlines: ``--body-timeout`` while the handler waits for the
+   next piece, and ``--body-deadline`` for all of it, from the end of the head, so
+   a body trickled a byte at a time cannot hold the connection (slowloris). Either
+   one cancels the handler and answers 408 with a lingering close. Reading
+   continues while the handler runs, so a client that hangs up is noticed at once
+   and its handler cancelled; pipelined requests stay in h11's buffer (h11 answers
+   ``PAUSED``) and reading pauses if they pile up.
 3. When both sides are ``DONE``, ``start_next_cycle()`` returns to ``IDLE`` (keep-alive);
-   ``MUST_CLOSE`` or an error closes the connection.
+   ``MUST_CLOSE`` or an error closes the connection. After a request that closes
+   the connection (``Connection: close``, HTTP/1.0), nothing more is parsed: RFC
+   9112 section 9.6, the server "MUST NOT process any further requests received
+   on that connection". That request gets its complete response (h11 adds
+   ``Connection: close``); bytes behind it, in the same read or later, are dropped,
+   and the close lingers.
 4. A WebSocket upgrade leaves h11 in ``SWITCHED_PROTOCOL``; from then on every byte
    goes to :class:`~rawstream.server.websocket.WebSocket` (wsproto).
 
@@ -33,8 +45,30 @@ close into a TCP RST, and an RST can destroy the error response before the clien
 reads it. So the connection half-closes (FIN after the response), discards what
 still arrives, and closes when the client does, or after :data:`LINGER_TIMEOUT`.
 
-Disconnect is cancellation: ``connection_lost`` or EOF from the client cancels the
-running handler, so whatever it was producing (a generation) stops at once.
+Disconnect is cancellation, and a half-close
+--------------------------------------------
+``connection_lost`` cancels the running handler, so whatever it was producing (a
+generation) stops at once. EOF from the client (a FIN) means one of two things the
+server cannot tell apart: the client closed its socket and left, or it only shut
+down its sending side (``shutdown(SHUT_WR)``) and still reads. A fully closed
+client shows only when a write to it fails. So ``eof_received`` decides by what
+the connection is doing:
+
+* a **complete request** waiting for a plain response (``respond``) is answered:
+  the transport stays open for writing, the response goes out, then the
+  connection closes. Pipelined requests that were complete before the EOF are
+  answered too, in order; an incomplete one behind them is dropped. The price: a
+  client that leaves while such a response is computed is not noticed until the
+  response is written, so its handler runs to the end;
+* an **SSE stream** (or a request whose handler starts one after the EOF) is
+  cancelled at once: the client has left. A stream has no end the client waits
+  for, ``EventSource`` never half-closes, and the FIN is the only prompt sign that
+  a client is gone (a stream waiting in the engine's queue or processing a long
+  prompt writes nothing but heartbeats). Long generations stream, so they stop
+  with their client;
+* an **incomplete request** (head or body) or a WebSocket upgrade is cancelled and
+  closed: nothing more can arrive to complete it;
+* an open WebSocket is closed with 1006 (:meth:`WebSocket.eof_received`).
 """
 
 from __future__ import annotations
@@ -53,6 +87,7 @@ from rawstream.sansio.http import (
     head_size,
     parse_request,
     reason,
+    skip_empty_lines,
     version_error_in_line,
 )
 from rawstream.sansio.upgrade import is_upgrade_request
@@ -107,11 +142,17 @@ TRANSITIONS: dict[ConnState, frozenset[ConnState]] = {
 
 
 class Deadline(enum.Enum):
-    """The one deadline a connection runs at a time, and what happens when it fires."""
+    """A connection's deadlines, and what happens when one fires.
+
+    A connection runs one of them at a time, except ``BODY_DEADLINE``, which runs
+    alongside the others from the end of a request head to the end of its body.
+    The values are the ``kind`` label of ``rawstream_timeouts_total``.
+    """
 
     HEAD = "head"  #: request head incomplete: 408 (or silent close if nothing came)
     KEEPALIVE = "keepalive"  #: idle between requests: close
-    BODY = "body"  #: request body stalled: 408
+    BODY = "body"  #: request body stalled (no byte for --body-timeout): 408
+    BODY_DEADLINE = "body_deadline"  #: whole body not in within --body-deadline: 408
     HANDSHAKE = "handshake"  #: WebSocket upgrade not completed: close
     LINGER = "linger"  #: half-closed after an error: stop discarding input, close
 
@@ -136,10 +177,15 @@ class HTTPConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_kind: Deadline | None = None
+        self._body_deadline: asyncio.TimerHandle | None = None  # Deadline.BODY_DEADLINE
         self._accepted_at = 0.0
         self._head_bytes = 0  # bytes of the current request head seen so far
         self._head_start = bytearray()  # its first bytes, for version_error_in_line()
+        self._line_started = False  # a byte of this cycle's request line went to h11
+        self._skipped = 0  # empty-line bytes dropped in front of this request line
+        self._cr_held = False  # a CR that may start a CRLF, not yet given to h11
         self._pipelined = 0  # bytes received after the current request ended
+        self._client_eof = False  # the client half-closed (or closed): no more input
         self._shutdown_cancel = False  # the handler was cancelled by shutdown
         self._loop = asyncio.get_running_loop()
 
@@ -175,20 +221,35 @@ class HTTPConnection(asyncio.Protocol):
         conn = self.h11
         if conn is None:
             return
-        if conn.their_state is h11.IDLE:
+        their_state = conn.their_state
+        if their_state is h11.IDLE:
             if self._deadline_kind is Deadline.KEEPALIVE:
-                # First byte of the next request: the head deadline starts now.
+                # First byte of the next request (an empty line too): the head
+                # deadline starts now.
                 self._set_deadline(Deadline.HEAD, self.config.head_timeout)
             self._head_bytes += len(data)
+            if not self._line_started:
+                data = self._skip_empty_lines(data)
+                if not data:
+                    return
             if len(self._head_start) < _LINE_KEPT:
                 self._head_start += data[: _LINE_KEPT - len(self._head_start)]
-        elif conn.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL):  # type: ignore[attr-defined]
+        elif their_state is h11.MUST_CLOSE:
+            # RFC 9112 section 9.6: after a request with "Connection: close" the
+            # server "MUST NOT process any further requests received on that
+            # connection". Whatever follows it is read and dropped.
+            if self.trace.enabled:
+                self.trace.state(f"ignoring {len(data)} bytes after a closing request")
+            return
+        elif their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL):  # type: ignore[attr-defined]
             # Pipelined: h11 keeps these bytes until the current response is done.
             self._pipelined += len(data)
             if self._pipelined > self.config.read_high_water and self.flow is not None:
                 self.flow.pause_reading(ReadPause.PIPELINE)
         conn.receive_data(data)
         self._process_events()
+        if self._skipped and self.h11 is conn and conn.their_state is h11.IDLE:
+            self._check_head_with_empty_lines(len(conn.trailing_data[0]))
 
     def eof_received(self) -> bool:
         if self.websocket is not None:
@@ -196,8 +257,14 @@ class HTTPConnection(asyncio.Protocol):
             return False
         if self.trace.enabled:
             self.trace.state("client sent EOF")
-        # A client that half-closes while its response is produced has left:
-        # treat it as a disconnect, so its generation is cancelled now.
+        self._client_eof = True
+        if self._answer_after_eof():
+            # A half-close after a complete request: answer it, then close
+            # (_finish_cycle). The transport stays open for writing.
+            if self.trace.enabled:
+                self.trace.state("request complete: answering, then closing")
+            return True
+        # Anything else: the client has left, its handler is cancelled now.
         self._cancel_task()
         return False  # let the transport close itself
 
@@ -220,6 +287,7 @@ class HTTPConnection(asyncio.Protocol):
             self.trace.state(f"connection lost ({exc or 'closed'})")
         self._set_state(ConnState.CLOSING)
         self._clear_deadline()
+        self._clear_body_deadline()
         if self.flow is not None:
             if self.flow.write_paused:
                 self.server.paused_writers -= 1
@@ -235,6 +303,8 @@ class HTTPConnection(asyncio.Protocol):
     def _process_events(self) -> None:
         conn = self.h11
         while conn is not None and self.state is not ConnState.CLOSING:
+            if conn.their_state is h11.MUST_CLOSE:
+                return  # nothing after a closing request is parsed (data_received)
             before = (conn.their_state, conn.our_state)
             try:
                 event = conn.next_event()
@@ -261,6 +331,7 @@ class HTTPConnection(asyncio.Protocol):
                 if self.exchange is not None:
                     self.exchange.feed_body(event.data)
             elif isinstance(event, h11.EndOfMessage):
+                self._clear_body_deadline()
                 if self.exchange is not None:
                     self.exchange.feed_end()
             elif isinstance(event, h11.ConnectionClosed):
@@ -272,7 +343,7 @@ class HTTPConnection(asyncio.Protocol):
         self._set_state(ConnState.ACTIVE)
         self._head_bytes = 0
         self._head_start.clear()
-        if head_size(event) > self.config.max_header_bytes:
+        if head_size(event) + self._skipped > self.config.max_header_bytes:
             # h11 only bounds heads still incomplete; this one came in one piece.
             # RFC 6585 section 5: 431 Request Header Fields Too Large.
             self._send_error(431, "request head too large")
@@ -294,6 +365,14 @@ class HTTPConnection(asyncio.Protocol):
             self._set_deadline(
                 Deadline.HANDSHAKE,
                 max(0.0, self._accepted_at + self.config.ws_handshake_timeout - self._loop.time()),
+            )
+        if (length is not None and length != b"0") or request.header(
+            b"transfer-encoding"
+        ) is not None:
+            # A body follows: all of it must be in within --body-deadline, however
+            # it trickles (--body-timeout restarts with every piece).
+            self._body_deadline = self._loop.call_later(
+                self.config.body_deadline, self._body_deadline_expired
             )
         self.exchange = Exchange(self, request)
         self._task = self._loop.create_task(self._run(self.exchange))
@@ -329,29 +408,89 @@ class HTTPConnection(asyncio.Protocol):
     def _finish_cycle(self) -> None:
         conn = self.h11
         self.exchange = None
+        self._clear_body_deadline()
         if conn is None or self.state is ConnState.CLOSING or self.websocket is not None:
             return
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             if self.server.shutting_down:
                 self.close()
                 return
-            before = (conn.their_state, conn.our_state)
-            conn.start_next_cycle()
-            if self.trace.enabled:
-                self.trace.h11_states(conn, before)
-            self._set_state(ConnState.IDLE)
-            self._pipelined = 0
-            self._set_deadline(Deadline.KEEPALIVE, self.config.keepalive_timeout)
-            if self.flow is not None:
-                self.flow.resume_reading(ReadPause.PIPELINE)
-            self._process_events()  # a pipelined request may be waiting
+            self._next_cycle(conn)
+        elif self._client_eof:
+            self.close()  # the client sent its last byte: there is nothing to linger for
         elif conn.their_state is not h11.DONE or conn.trailing_data[0]:
-            # A body we did not read, or bytes behind a request that closes the
-            # connection: the client may still be sending.
+            # A body we did not read, or a request that closes the connection
+            # (MUST_CLOSE: HTTP/1.0, "Connection: close", or our response said
+            # close): the client may still be sending, so the close lingers.
             self.close_lingering()
         else:
-            # MUST_CLOSE (HTTP/1.0, "Connection: close"): end the connection.
+            # Our side cannot go on (a response that failed half-way): end it.
             self.close()
+
+    def _next_cycle(self, conn: h11.Connection) -> None:
+        """Keep-alive: back to ``IDLE`` for the next request on this connection."""
+        before = (conn.their_state, conn.our_state)
+        conn.start_next_cycle()
+        if self.trace.enabled:
+            self.trace.h11_states(conn, before)
+        self._set_state(ConnState.IDLE)
+        self._pipelined = 0
+        self._skipped = 0
+        self._set_deadline(Deadline.KEEPALIVE, self.config.keepalive_timeout)
+        if self.flow is not None:
+            self.flow.resume_reading(ReadPause.PIPELINE)
+        self._skip_buffered_empty_lines(conn)
+        self._process_events()  # a pipelined request may be waiting
+        if self._client_eof and not self._answer_after_eof():
+            # After a half-close only complete pipelined requests can be answered;
+            # nothing more will come to finish an incomplete one.
+            self._cancel_task()
+            self.close()
+
+    # ------------------------------------------------------------------ empty lines
+    def _skip_empty_lines(self, data: bytes) -> bytes:
+        """``data`` without the empty lines in front of a request line (RFC 9112 2.2).
+
+        See :func:`~rawstream.sansio.http.skip_empty_lines`. The bytes dropped count
+        against ``--max-header-bytes`` with the head that follows them.
+        """
+        if not self._cr_held and data[0] not in b"\r\n":
+            self._line_started = True
+            return data
+        data, skipped, self._cr_held = skip_empty_lines(data, self._cr_held)
+        self._skipped += skipped
+        self._line_started = bool(data)
+        if self._skipped > self.config.max_header_bytes:
+            self._send_error(431, "request head too large (empty lines before it)")
+            return b""
+        return data
+
+    def _skip_buffered_empty_lines(self, conn: h11.Connection) -> None:
+        """At the start of a cycle: drop empty lines h11 already buffered.
+
+        Bytes behind a request (pipelined, or a stray CRLF after a body in the same
+        read) went to h11 before the request ended. h11 cannot drop bytes from its
+        buffer, so when they start with an empty line a new ``h11.Connection``,
+        which is what h11 is in ``IDLE``/``IDLE`` anyway, takes the rest of them.
+        """
+        pending = conn.trailing_data[0]
+        self._line_started = bool(pending)
+        if not pending or pending[0] not in b"\r\n":
+            return
+        self._line_started = False
+        fresh = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
+        self.h11 = fresh
+        rest = self._skip_empty_lines(pending)
+        if rest:
+            fresh.receive_data(rest)
+            self._check_head_with_empty_lines(len(rest))
+
+    def _check_head_with_empty_lines(self, buffered: int) -> None:
+        """431 if the empty lines and the incomplete head after them are too large."""
+        if self.state is not ConnState.CLOSING and (
+            self._skipped + buffered > self.config.max_header_bytes
+        ):
+            self._send_error(431, "request head too large")
 
     # ------------------------------------------------------------------ sending
     def send(self, event: h11.Event) -> int:
@@ -449,19 +588,38 @@ class HTTPConnection(asyncio.Protocol):
         self._deadline = None
         self._deadline_kind = None
 
+    def _clear_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
+
     def _deadline_expired(self) -> None:
         kind, self._deadline, self._deadline_kind = self._deadline_kind, None, None
+        assert kind is not None
+        self._expired(kind)
+
+    def _body_deadline_expired(self) -> None:
+        self._body_deadline = None
+        if self.state is not ConnState.CLOSING:
+            self._expired(Deadline.BODY_DEADLINE)
+
+    def _expired(self, kind: Deadline) -> None:
         if self.trace.enabled:
-            self.trace.state(f"{kind.value if kind else '?'} deadline expired")
+            self.trace.state(f"{kind.value} deadline expired")
         if kind is Deadline.LINGER:
             self.close()
             return
-        self.server.count_timeout(kind.value if kind else "unknown")
+        self.server.count_timeout(kind.value)
         if kind is Deadline.HEAD and self._head_bytes:
             self._send_error(408, "request head not received in time")
         elif kind is Deadline.BODY:
             self._cancel_task()
             self._send_error(408, "request body not received in time")
+        elif kind is Deadline.BODY_DEADLINE:
+            # The handler is cancelled; the 408 goes out if no response started
+            # (else the connection is cut), then a lingering close.
+            self._cancel_task()
+            self._send_error(408, "request body not complete within the body deadline")
         if self.state is not ConnState.CLOSING:
             self.close()
 
@@ -471,13 +629,32 @@ class HTTPConnection(asyncio.Protocol):
             assert state in TRANSITIONS[self.state], f"{self.state} -> {state}"
             if self.trace.enabled:
                 self.trace.state(f"connection {self.state.value}->{state.value}")
-            self.server.state_changed(self.state, state)
-            self.state = state
+            old, self.state = self.state, state
+            self.server.state_changed(self, old, state)
+
+    def _answer_after_eof(self) -> bool:
+        """Whether a client that sent EOF is still answered (see the module docstring).
+
+        Only a complete request that asks for a plain response: not a request
+        whose head or body is incomplete, not a WebSocket upgrade (the client could
+        not send a frame), and nothing when no request is being answered.
+        """
+        conn, exchange = self.h11, self.exchange
+        return (
+            self.state is ConnState.ACTIVE
+            and exchange is not None
+            and conn is not None
+            and conn.their_state in (h11.DONE, h11.MUST_CLOSE)
+            and not exchange.is_websocket_upgrade
+        )
 
     def set_streaming(self) -> None:
         """Called by the exchange when an SSE response starts."""
         self._set_state(ConnState.STREAMING)
-        if self.server.shutting_down:
+        if self._client_eof:
+            # An SSE client that half-closed has left (see the module docstring).
+            self._cancel_task()
+        elif self.server.shutting_down:
             # Started after shutdown told this (then active) connection: end it too.
             self.begin_shutdown()
 
@@ -505,8 +682,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def begin_shutdown(self) -> None:
         """Shutdown phase for this connection (see :meth:`Server.shutdown`)."""
-        if self.state is ConnState.IDLE and not self._head_bytes:
-            self.close()  # an idle keep-alive (or fresh) connection
+        if self.state is ConnState.IDLE and not (self._head_bytes and self._line_started):
+            self.close()  # an idle keep-alive (or fresh) connection, or only empty lines
         elif self.state is ConnState.STREAMING:
             self._shutdown_cancel = True
             self._cancel_task()  # _run() writes the final event and ends the stream

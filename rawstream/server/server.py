@@ -135,7 +135,11 @@ class Server:
 
     # ------------------------------------------------------------------ bookkeeping
     def register(self, conn: HTTPConnection) -> bool:
-        """(connection) A connection was accepted; False if over the limit."""
+        """(connection) A connection was accepted; False if over the limit.
+
+        Only registered connections are counted by state: one refused here is in
+        no gauge, though it still answers 503 and closes.
+        """
         if len(self.connections) >= self.config.max_connections:
             self._rejected += 1
             return False
@@ -152,10 +156,11 @@ class Server:
         if self.shutting_down and not self.connections:
             self._all_closed.set()
 
-    def state_changed(self, old: ConnState, new: ConnState) -> None:
-        """(connection) Keep the per-state counts."""
-        self._by_state[old] -= 1
-        self._by_state[new] += 1
+    def state_changed(self, conn: HTTPConnection, old: ConnState, new: ConnState) -> None:
+        """(connection) Keep the per-state counts of the registered connections."""
+        if conn in self.connections:
+            self._by_state[old] -= 1
+            self._by_state[new] += 1
 
     def count_timeout(self, kind: str) -> None:
         """(connection) A deadline of ``kind`` fired."""
@@ -166,9 +171,13 @@ class Server:
         self._close_codes[code] += 1
 
     def statistics(self) -> ServerStatistics:
-        """A snapshot of the counters."""
+        """A snapshot of the counters.
+
+        ``connections`` counts the open connections by state: the counts add up to
+        ``len(self.connections)``, each connection in exactly one state.
+        """
         return ServerStatistics(
-            connections={s.value: max(0, self._by_state[s]) for s in ConnState},
+            connections={s.value: self._by_state[s] for s in ConnState},
             accepted_total=self._accepted,
             rejected_total=self._rejected,
             paused_writers=self.paused_writers,

@@ -159,7 +159,10 @@ CASES = [
     Case("missing-version", b"GET /\r\nHost: x\r\n\r\n", 400),
     Case("version-lowercase", b"GET / http/1.1\r\nHost: x\r\n\r\n", 400),
     Case("two-spaces", b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-    Case("empty-request-line", b"\r\n\r\n", 400),
+    # RFC 9112 2.2: empty lines before a request line are ignored (test_hardening.py),
+    # but a bare CR is no empty line, and a flood of them is bounded like a head.
+    Case("bare-cr-before-request-line", b"\rGET / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    Case("empty-lines-flood", b"\r\n" * 5000, 431),
     Case("bare-cr", b"GET / HTTP/1.1\rHost: x\r\n\r\n", 400),
     # RFC 9110 15.6.6: a major version other than 1 -> 505 (rawstream).
     Case("http-2.0", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
