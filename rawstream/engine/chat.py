@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -40,7 +41,17 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rawstream.engine.base import ChatMessage, InvalidRequest
 
-__all__ = ["ChatTemplate", "NoChatTemplate", "PromptPart", "split_at_placeholders"]
+__all__ = [
+    "ChatTemplate",
+    "NoChatTemplate",
+    "PromptPart",
+    "placeholder",
+    "split_at_placeholders",
+]
+
+#: Pieces of output a rendering produces between two offers of the GIL (a few
+#: hundred microseconds of work, see :meth:`ChatTemplate.render`).
+_PIECES_PER_TURN = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,25 +63,34 @@ class PromptPart:
     content: bool
 
 
-def split_at_placeholders(rendered: str, placeholders: Mapping[str, str]) -> list[PromptPart]:
-    """Cut ``rendered`` at each placeholder, which becomes the content it stands for.
+def placeholder(nonce: str, index: int) -> str:
+    """The stand-in for the content of message ``index``: ``[[<nonce>:<index>]]``."""
+    return f"[[{nonce}:{index}]]"
 
-    ``placeholders`` maps each placeholder to its content. A placeholder may occur any
-    number of times (a template may drop a message or repeat it). Empty runs of
-    template text are left out; the parts' texts joined are ``rendered`` with every
-    placeholder replaced.
+
+def split_at_placeholders(rendered: str, nonce: str, contents: Sequence[str]) -> list[PromptPart]:
+    """Cut ``rendered`` at each ``placeholder(nonce, i)``, which becomes ``contents[i]``.
+
+    A placeholder may occur any number of times (a template may drop a message or
+    repeat it). Text of the placeholder's shape that is not one (another nonce, an
+    index out of range or written with a leading zero) stays template text. Empty
+    runs of template text are left out; the parts' texts joined are ``rendered`` with
+    every placeholder replaced.
+
+    One pattern of fixed size, whatever the number of messages, so the cost is linear
+    in the length of ``rendered``: an alternation of every placeholder made the regex
+    engine try each of them at every position.
     """
-    if not placeholders:
-        return [PromptPart(rendered, content=False)] if rendered else []
-    # Longest first, so that no placeholder matches at the start of a longer one.
-    keys = sorted(placeholders, key=len, reverse=True)
-    pattern = re.compile("|".join(map(re.escape, keys)))
+    pattern = re.compile(r"\[\[" + re.escape(nonce) + r":(0|[1-9][0-9]*)\]\]")
     parts: list[PromptPart] = []
-    pos = 0
+    pos = 0  # start of the template text not yet in parts
     for match in pattern.finditer(rendered):
+        index = int(match.group(1))
+        if index >= len(contents):
+            continue  # not one of ours: it stays in the template text
         if match.start() > pos:
             parts.append(PromptPart(rendered[pos : match.start()], content=False))
-        parts.append(PromptPart(placeholders[match.group()], content=True))
+        parts.append(PromptPart(contents[index], content=True))
         pos = match.end()
     if pos < len(rendered):
         parts.append(PromptPart(rendered[pos:], content=False))
@@ -115,7 +135,14 @@ class ChatTemplate:
         self.special_tokens = frozenset(t for t in special_tokens if t)
 
     def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
-        """The prompt for ``messages``, ending where the assistant's reply begins."""
+        """The prompt for ``messages``, ending where the assistant's reply begins.
+
+        Rendering is pure Python and holds the GIL. The engine renders on its own
+        thread, and the interpreter would hand the GIL to a waiting event loop only
+        every switch interval (5 ms), so every wake-up of the loop would wait that
+        long: rendering gives the GIL up every :data:`_PIECES_PER_TURN` pieces
+        instead (``time.sleep(0)``), and a loop that waits gets it at once.
+        """
         return self._render([(m.role, m.content) for m in messages], add_generation_prompt)
 
     def render_parts(
@@ -129,25 +156,23 @@ class ChatTemplate:
         """
         # Roles are rendered as template text. The API accepts a fixed set of names,
         # but the engine is also a library: refuse a role that could smuggle a token.
-        for message in messages:
-            self._refuse_special(message.role)
+        for role in {message.role for message in messages}:
+            self._refuse_special(role)
         text = self.render(messages, add_generation_prompt=add_generation_prompt)
         nonce = secrets.token_hex(16)
         while nonce in text or nonce in self.source:  # never in practice: 128 random bits
             nonce = secrets.token_hex(16)
-        placeholders: dict[str, str] = {}
-        stand_ins: list[tuple[str, str]] = []
-        for i, message in enumerate(messages):
-            content = message.content
-            if content:  # empty content has nothing to inject, and stays falsy
-                content = f"[[{nonce}:{i}]]"
-                placeholders[content] = message.content
-            stand_ins.append((message.role, content))
+        contents = [message.content for message in messages]
+        # Empty content has nothing to inject, and stays falsy for the template.
+        stand_ins = [
+            (message.role, placeholder(nonce, i) if message.content else "")
+            for i, message in enumerate(messages)
+        ]
         try:
             stand_in = self._render(stand_ins, add_generation_prompt)
         except InvalidRequest:  # the template objected to a placeholder
             stand_in = ""
-        parts = split_at_placeholders(stand_in, placeholders)
+        parts = split_at_placeholders(stand_in, nonce, contents)
         if "".join(p.text for p in parts) == text:
             return parts
         # The template altered the content, so its text cannot be cut out of the
@@ -166,17 +191,23 @@ class ChatTemplate:
                 )
 
     def _render(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
+        pieces: list[str] = []
         try:
-            return self._template.render(
+            rendering = self._template.generate(
                 messages=[{"role": role, "content": content} for role, content in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
             )
+            for pieces_so_far, piece in enumerate(rendering, 1):
+                pieces.append(piece)
+                if pieces_so_far % _PIECES_PER_TURN == 0:
+                    time.sleep(0)  # let the event loop have the GIL now, if it waits
         except _TemplateError as exc:
             raise InvalidRequest(f"chat template rejected the messages: {exc}") from exc
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"chat template failed: {exc}") from exc
+        return "".join(pieces)
 
 
 class NoChatTemplate:
