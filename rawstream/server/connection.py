@@ -57,9 +57,17 @@ the connection is doing:
 * a **complete request** waiting for a plain response (``respond``) is answered:
   the transport stays open for writing, the response goes out, then the
   connection closes. Pipelined requests that were complete before the EOF are
-  answered too, in order; an incomplete one behind them is dropped. The price: a
-  client that leaves while such a response is computed is not noticed until the
-  response is written, so its handler runs to the end;
+  answered too, in order; an incomplete one behind them is dropped. To notice a
+  client that in fact closed and left while such a response is computed (a
+  non-streaming completion can take many seconds), the connection *probes*: it
+  sends an interim ``100 Continue`` after :data:`EOF_PROBE_FIRST` seconds and
+  again at doubling intervals up to :data:`EOF_PROBE_MAX`. A client that only
+  half-closed reads and skips them (RFC 9110 section 15.2: "A client MUST be able
+  to parse one or more 1xx responses received prior to a final response, even if
+  the client does not expect one"); a client that is gone answers the first probe
+  with a TCP reset, the next write fails, ``connection_lost`` runs and the handler
+  is cancelled. An HTTP/1.0 client gets no probe ("A server MUST NOT send a 1xx
+  response to an HTTP/1.0 client"), so its handler runs to the end;
 * an **SSE stream** (or a request whose handler starts one after the EOF) is
   cancelled at once: the client has left. A stream has no end the client waits
   for, ``EventSource`` never half-closes, and the FIN is the only prompt sign that
@@ -110,6 +118,11 @@ access_log = logging.getLogger("rawstream.access")
 #: acknowledgement". nginx lingers up to 5 s between reads (lingering_timeout),
 #: Apache 2 s; on loopback and behind a proxy 2 s is plenty.
 LINGER_TIMEOUT = 2.0
+
+#: Seconds after a client's EOF before the first liveness probe (see the module
+#: docstring), and the longest interval between two probes.
+EOF_PROBE_FIRST = 0.25
+EOF_PROBE_MAX = 2.0
 
 #: Bytes of each request head kept to classify a request line h11 refuses.
 _LINE_KEPT = 1024
@@ -178,6 +191,7 @@ class HTTPConnection(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_kind: Deadline | None = None
         self._body_deadline: asyncio.TimerHandle | None = None  # Deadline.BODY_DEADLINE
+        self._eof_probe: asyncio.TimerHandle | None = None  # after a half-close
         self._accepted_at = 0.0
         self._head_bytes = 0  # bytes of the current request head seen so far
         self._head_start = bytearray()  # its first bytes, for version_error_in_line()
@@ -263,6 +277,7 @@ class HTTPConnection(asyncio.Protocol):
             # (_finish_cycle). The transport stays open for writing.
             if self.trace.enabled:
                 self.trace.state("request complete: answering, then closing")
+            self._schedule_eof_probe(EOF_PROBE_FIRST)
             return True
         # Anything else: the client has left, its handler is cancelled now.
         self._cancel_task()
@@ -288,6 +303,7 @@ class HTTPConnection(asyncio.Protocol):
         self._set_state(ConnState.CLOSING)
         self._clear_deadline()
         self._clear_body_deadline()
+        self._cancel_eof_probe()
         if self.flow is not None:
             if self.flow.write_paused:
                 self.server.paused_writers -= 1
@@ -631,6 +647,33 @@ class HTTPConnection(asyncio.Protocol):
                 self.trace.state(f"connection {self.state.value}->{state.value}")
             old, self.state = self.state, state
             self.server.state_changed(self, old, state)
+
+    def _schedule_eof_probe(self, delay: float) -> None:
+        self._cancel_eof_probe()
+        conn = self.h11
+        if conn is not None and conn.their_http_version == b"1.1":
+            self._eof_probe = self._loop.call_later(delay, self._probe_after_eof, delay)
+
+    def _cancel_eof_probe(self) -> None:
+        if self._eof_probe is not None:
+            self._eof_probe.cancel()
+            self._eof_probe = None
+
+    def _probe_after_eof(self, delay: float) -> None:
+        """Write an interim ``100 Continue`` to find out whether the client is still there.
+
+        See the module docstring: a client that closed answers with a reset, and the
+        write after that fails, which cancels the handler through ``connection_lost``.
+        """
+        self._eof_probe = None
+        exchange = self.exchange
+        if exchange is None or exchange.response_started or self.state is not ConnState.ACTIVE:
+            return
+        try:
+            self.send(h11.InformationalResponse(status_code=100, headers=[], reason=reason(100)))
+        except (ConnectionGone, h11.LocalProtocolError):
+            return
+        self._schedule_eof_probe(min(delay * 2, EOF_PROBE_MAX))
 
     def _answer_after_eof(self) -> bool:
         """Whether a client that sent EOF is still answered (see the module docstring).
