@@ -30,7 +30,7 @@ async def test_a_client_that_closes_during_a_whole_completion_cancels_it(
 ) -> None:
     # 20 tokens/s and 10,000 tokens: without the probe this runs for minutes.
     async with fake_app(fake_tokens_per_s=20.0) as running:
-        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
         writer.write(_request(10_000))
         await writer.drain()
         (stream,) = await running.engine.wait_submitted(1)
