@@ -17,6 +17,8 @@ POST     /v1/generations                     start a resumable generation
 GET      /v1/generations/{id}/events         follow it as SSE, resumable
 DELETE   /v1/generations/{id}                cancel it
 GET      /v1/ws                              WebSocket, many streams at once
+POST     /v1/responses                       OpenAI Responses API, JSON or SSE
+POST     /v1/messages                        Anthropic Messages API, JSON or SSE
 =======  ==================================  ======================================
 
 Before anything else, every request passes the browser policy of
@@ -46,7 +48,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
-from rawstream.app import openai_api, ws_api
+from rawstream.app import anthropic_api, openai_api, responses_api, ws_api
 from rawstream.app.generations import Generations
 from rawstream.app.metrics import CONTENT_TYPE, Metrics
 from rawstream.config import Config
@@ -121,6 +123,8 @@ ROUTES = (
     Route("GET", "/v1/generations/{id}/events", "generations_events"),
     Route("DELETE", "/v1/generations/{id}", "generations_cancel"),
     Route("GET", "/v1/ws", "ws"),
+    Route("POST", "/v1/responses", "responses"),
+    Route("POST", "/v1/messages", "messages"),
 )
 
 
@@ -157,6 +161,8 @@ class App:
             "generations_events": lambda ex, p, who: self.generations.events(ex, p["id"], who),
             "generations_cancel": lambda ex, p, who: self.generations.cancel(ex, p["id"], who),
             "ws": lambda ex, p, who: ws_api.websocket(self, ex),
+            "responses": lambda ex, p, who: responses_api.responses(self, ex),
+            "messages": lambda ex, p, who: anthropic_api.messages(self, ex),
         }
 
     async def start(self) -> None:

@@ -22,9 +22,6 @@ from rawstream.app.application import App
 from rawstream.config import Config
 from rawstream.engine.base import EngineState, FinishReason
 from tests.app.conftest import TIMEOUT, FakeAppFactory, RunningApp, run_app
-from tests.app.format_routes import add_format_routes, format_app
-
-__all__ = ["format_app"]  # the fixture, used by name
 
 USER: Any = [{"role": "user", "content": "tell me a story"}]
 STREAM_ORDER = ["message_start", "content_block_start", "ping"]
@@ -43,8 +40,8 @@ def async_client(running: RunningApp, api_key: str = "none") -> anthropic.AsyncA
     )
 
 
-async def test_whole_message_through_the_sdk(format_app: FakeAppFactory) -> None:
-    async with format_app() as running:
+async def test_whole_message_through_the_sdk(fake_app: FakeAppFactory) -> None:
+    async with fake_app() as running:
 
         def run() -> tuple[Any, Any]:
             with client(running) as sdk:
@@ -73,8 +70,8 @@ async def test_whole_message_through_the_sdk(format_app: FakeAppFactory) -> None
     assert second.messages is not None and second.messages[0].role == "system"
 
 
-async def test_streamed_message_through_the_sdk(format_app: FakeAppFactory) -> None:
-    async with format_app() as running:
+async def test_streamed_message_through_the_sdk(fake_app: FakeAppFactory) -> None:
+    async with fake_app() as running:
 
         def run() -> tuple[list[Any], Any]:
             with client(running) as sdk:
@@ -95,10 +92,10 @@ async def test_streamed_message_through_the_sdk(format_app: FakeAppFactory) -> N
     assert message_delta.usage.output_tokens == 9
 
 
-async def test_stream_helper_of_the_sdk(format_app: FakeAppFactory) -> None:
+async def test_stream_helper_of_the_sdk(fake_app: FakeAppFactory) -> None:
     """``client.messages.stream()``: ``text_stream``, then ``get_final_message()``."""
     async with (
-        format_app() as running,
+        fake_app() as running,
         async_client(running) as sdk,
         sdk.messages.stream(model="fake", max_tokens=20, messages=USER) as stream,
     ):
@@ -109,8 +106,8 @@ async def test_stream_helper_of_the_sdk(format_app: FakeAppFactory) -> None:
     assert final.usage.output_tokens == 20
 
 
-async def test_curl_reads_named_events(format_app: FakeAppFactory) -> None:
-    async with format_app() as running:
+async def test_curl_reads_named_events(fake_app: FakeAppFactory) -> None:
+    async with fake_app() as running:
         body = {"model": "fake", "max_tokens": 3, "messages": USER, "stream": True}
         proc = await asyncio.create_subprocess_exec(
             "curl", "-N", "-sS", "--fail-with-body", "-D", "-",
@@ -161,10 +158,10 @@ async def test_curl_reads_named_events(format_app: FakeAppFactory) -> None:
     ],
 )
 async def test_bad_input_is_400_in_anthropics_shape(
-    format_app: FakeAppFactory, body: dict[str, Any] | bytes, message: str
+    fake_app: FakeAppFactory, body: dict[str, Any] | bytes, message: str
 ) -> None:
     async with (
-        format_app() as running,
+        fake_app() as running,
         httpx.AsyncClient(base_url=running.url, timeout=TIMEOUT) as http,
     ):
         for stream in (False, True):
@@ -180,8 +177,8 @@ async def test_bad_input_is_400_in_anthropics_shape(
         assert running.engine.streams == []
 
 
-async def test_sdk_raises_bad_request_error(format_app: FakeAppFactory) -> None:
-    async with format_app() as running, async_client(running) as sdk:
+async def test_sdk_raises_bad_request_error(fake_app: FakeAppFactory) -> None:
+    async with fake_app() as running, async_client(running) as sdk:
         with pytest.raises(anthropic.BadRequestError) as caught:
             await sdk.messages.create(
                 model="fake",
@@ -194,9 +191,9 @@ async def test_sdk_raises_bad_request_error(format_app: FakeAppFactory) -> None:
     assert caught.value.body["error"]["type"] == "invalid_request_error"
 
 
-async def test_overload_is_529_overloaded_error(format_app: FakeAppFactory) -> None:
+async def test_overload_is_529_overloaded_error(fake_app: FakeAppFactory) -> None:
     async with (
-        format_app(parallel=1, max_queue=0, fake_tokens_per_s=20.0) as running,
+        fake_app(parallel=1, max_queue=0, fake_tokens_per_s=20.0) as running,
         httpx.AsyncClient(base_url=running.url, timeout=TIMEOUT) as http,
         async_client(running) as sdk,
     ):
@@ -213,8 +210,8 @@ async def test_overload_is_529_overloaded_error(format_app: FakeAppFactory) -> N
             assert "overloaded" in body["error"]["message"]
 
 
-async def test_x_api_key_authenticates(format_app: FakeAppFactory) -> None:
-    async with format_app(api_key=("sk-right",)) as running:
+async def test_x_api_key_authenticates(fake_app: FakeAppFactory) -> None:
+    async with fake_app(api_key=("sk-right",)) as running:
         async with async_client(running, api_key="sk-right") as sdk:
             message = await sdk.messages.create(model="fake", max_tokens=2, messages=USER)
             assert message.usage.output_tokens == 2
@@ -225,10 +222,10 @@ async def test_x_api_key_authenticates(format_app: FakeAppFactory) -> None:
 
 
 async def test_client_leaving_mid_stream_cancels_its_generation(
-    format_app: FakeAppFactory,
+    fake_app: FakeAppFactory,
 ) -> None:
     async with (
-        format_app(fake_tokens_per_s=50.0) as running,
+        fake_app(fake_tokens_per_s=50.0) as running,
         httpx.AsyncClient(base_url=running.url, timeout=TIMEOUT) as http,
     ):
         body = {"model": "fake", "max_tokens": 1000, "messages": USER, "stream": True}
@@ -244,8 +241,8 @@ async def test_client_leaving_mid_stream_cancels_its_generation(
     assert result.usage.completion_tokens < 1000
 
 
-async def test_shutdown_ends_the_stream_with_an_error_event(format_app: FakeAppFactory) -> None:
-    async with format_app(fake_tokens_per_s=20.0) as running, async_client(running) as sdk:
+async def test_shutdown_ends_the_stream_with_an_error_event(fake_app: FakeAppFactory) -> None:
+    async with fake_app(fake_tokens_per_s=20.0) as running, async_client(running) as sdk:
         body = {"model": "fake", "max_tokens": 1000, "messages": USER, "stream": True}
         async with httpx.AsyncClient(base_url=running.url, timeout=TIMEOUT) as http:
             async with http.stream("POST", "/v1/messages", json=body) as raw:
@@ -282,7 +279,7 @@ async def test_shutdown_ends_the_stream_with_an_error_event(format_app: FakeAppF
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def model_app() -> AsyncIterator[App]:
     """The app with the bundled model, once for this module's model tests."""
-    async with run_app(add_format_routes(App(Config(port=0, access_log=False)))) as app:
+    async with run_app(App(Config(port=0, access_log=False))) as app:
         assert app.engine.state is EngineState.READY
         yield app
 

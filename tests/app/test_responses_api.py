@@ -25,9 +25,6 @@ from rawstream.config import Config
 from rawstream.engine.base import EngineState, FinishReason
 from rawstream.sansio.responses import ResponseEncoder, ResponseObject, parse_response_request
 from tests.app.conftest import TIMEOUT, FakeAppFactory, RunningApp, run_app
-from tests.app.format_routes import add_format_routes, format_app
-
-__all__ = ["format_app"]  # the fixture, used by name
 
 EVENT_ORDER = [
     "response.created",
@@ -54,8 +51,8 @@ def async_client(running: RunningApp) -> openai.AsyncOpenAI:
     )
 
 
-async def test_whole_response_through_the_sdk(format_app: FakeAppFactory) -> None:
-    async with format_app() as running:
+async def test_whole_response_through_the_sdk(fake_app: FakeAppFactory) -> None:
+    async with fake_app() as running:
 
         def run() -> tuple[Any, Any]:
             with client(running) as sdk:
@@ -87,8 +84,8 @@ async def test_whole_response_through_the_sdk(format_app: FakeAppFactory) -> Non
     assert request.max_tokens == 12
 
 
-async def test_streamed_response_through_the_sdk(format_app: FakeAppFactory) -> None:
-    async with format_app() as running:
+async def test_streamed_response_through_the_sdk(fake_app: FakeAppFactory) -> None:
+    async with fake_app() as running:
 
         def run() -> tuple[list[Any], Any]:
             with client(running) as sdk:
@@ -119,10 +116,10 @@ async def test_streamed_response_through_the_sdk(format_app: FakeAppFactory) -> 
     assert events[-1].response.usage.output_tokens == 9  # fmt: skip
 
 
-async def test_stream_helper_of_the_sdk(format_app: FakeAppFactory) -> None:
+async def test_stream_helper_of_the_sdk(fake_app: FakeAppFactory) -> None:
     """``client.responses.stream()``: text events, then the final response."""
     async with (
-        format_app() as running,
+        fake_app() as running,
         async_client(running) as sdk,
         sdk.responses.stream(model="fake", input="tell me a story") as stream,
     ):
@@ -133,8 +130,8 @@ async def test_stream_helper_of_the_sdk(format_app: FakeAppFactory) -> None:
     assert len(final.output_text.split()) == 64  # the fake engine's end of generation
 
 
-async def test_curl_reads_named_events(format_app: FakeAppFactory) -> None:
-    async with format_app() as running:
+async def test_curl_reads_named_events(fake_app: FakeAppFactory) -> None:
+    async with fake_app() as running:
         body = {"model": "fake", "input": "tell me a story", "max_output_tokens": 3, "stream": True}
         proc = await asyncio.create_subprocess_exec(
             "curl", "-N", "-sS", "--fail-with-body", "-D", "-",
@@ -178,9 +175,9 @@ async def test_curl_reads_named_events(format_app: FakeAppFactory) -> None:
     ],
 )
 async def test_bad_input_is_400_in_openais_shape(
-    format_app: FakeAppFactory, body: dict[str, Any], param: str, code: str
+    fake_app: FakeAppFactory, body: dict[str, Any], param: str, code: str
 ) -> None:
-    async with format_app() as running, async_client(running) as sdk:
+    async with fake_app() as running, async_client(running) as sdk:
         for stream in (False, True):
             with pytest.raises(openai.BadRequestError) as caught:
                 await sdk.responses.create(model="fake", stream=stream, **body)
@@ -192,9 +189,9 @@ async def test_bad_input_is_400_in_openais_shape(
         assert running.engine.streams == []  # nothing reached the engine
 
 
-async def test_overload_is_503_with_retry_after(format_app: FakeAppFactory) -> None:
+async def test_overload_is_503_with_retry_after(fake_app: FakeAppFactory) -> None:
     async with (
-        format_app(parallel=1, max_queue=0, fake_tokens_per_s=20.0) as running,
+        fake_app(parallel=1, max_queue=0, fake_tokens_per_s=20.0) as running,
         httpx.AsyncClient(base_url=running.url, timeout=TIMEOUT) as http,
     ):
         busy = {"input": "hi", "max_output_tokens": 1000, "stream": True}
@@ -207,10 +204,10 @@ async def test_overload_is_503_with_retry_after(format_app: FakeAppFactory) -> N
 
 
 async def test_client_leaving_mid_stream_cancels_its_generation(
-    format_app: FakeAppFactory,
+    fake_app: FakeAppFactory,
 ) -> None:
     async with (
-        format_app(fake_tokens_per_s=50.0) as running,
+        fake_app(fake_tokens_per_s=50.0) as running,
         httpx.AsyncClient(base_url=running.url, timeout=TIMEOUT) as http,
     ):
         body = {"input": "go on", "max_output_tokens": 1000, "stream": True}
@@ -226,8 +223,8 @@ async def test_client_leaving_mid_stream_cancels_its_generation(
     assert result.usage.completion_tokens < 1000
 
 
-async def test_shutdown_ends_the_stream_with_response_failed(format_app: FakeAppFactory) -> None:
-    async with format_app(fake_tokens_per_s=20.0) as running, async_client(running) as sdk:
+async def test_shutdown_ends_the_stream_with_response_failed(fake_app: FakeAppFactory) -> None:
+    async with fake_app(fake_tokens_per_s=20.0) as running, async_client(running) as sdk:
         sdk_stream = await sdk.responses.create(
             model="fake", input="go on", max_output_tokens=1000, stream=True
         )
@@ -296,14 +293,14 @@ class ShuttingDownExchange:
 
 
 async def test_shutdown_while_the_client_is_not_reading_loses_no_event(
-    format_app: FakeAppFactory,
+    fake_app: FakeAppFactory,
 ) -> None:
     """The events a paused send held back are written before ``response.failed``.
 
     A stream cancelled by shutdown while its client was not reading would otherwise
     skip a sequence number and miss text that the failed response reports.
     """
-    async with format_app() as running:
+    async with fake_app() as running:
         request = parse_response_request(b'{"input": "go on", "max_output_tokens": 1000}')
         gen = await Generation.submit(running.app.engine, running.app.metrics, request.generation)
         encoder = ResponseEncoder(ResponseObject("resp_1", 1, "fake", request), item_id="msg_1")
@@ -340,7 +337,7 @@ async def test_shutdown_while_the_client_is_not_reading_loses_no_event(
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def model_app() -> AsyncIterator[App]:
     """The app with the bundled model, once for this module's model tests."""
-    async with run_app(add_format_routes(App(Config(port=0, access_log=False)))) as app:
+    async with run_app(App(Config(port=0, access_log=False))) as app:
         assert app.engine.state is EngineState.READY
         yield app
 
