@@ -146,19 +146,23 @@ async def test_delete_cancels_and_viewers_see_done_cancelled(fake_app: FakeAppFa
         assert running.engine.statistics().cancelled_total == 1
 
 
-async def test_resume_window_cancels_a_generation_nobody_watches(
-    fake_app: FakeAppFactory,
-) -> None:
-    async with fake_app(fake_tokens_per_s=50.0, resume_window=0.5) as running:
+async def test_unwatched_generations_are_cancelled_then_freed(fake_app: FakeAppFactory) -> None:
+    """Nobody watching: cancelled after --unwatched-timeout, freed --resume-window later."""
+    async with fake_app(
+        fake_tokens_per_s=50.0, unwatched_timeout=0.5, resume_window=0.5
+    ) as running:
         generations = running.app.generations
         async with client_for(running) as client:
             never_watched = await create(client, max_tokens=1000)
             abandoned = await create(client, max_tokens=1000)
             seen = await view(client, abandoned, stop_after=2)
             assert [e.id for e in seen] == ["1", "2"]
+        entries = [generations.logs[never_watched], generations.logs[abandoned]]
         for stream in running.engine.streams:
             result = await asyncio.wait_for(running.engine.ended(stream), TIMEOUT)
             assert result.finish_reason is FinishReason.CANCELLED
+        for entry in entries:
+            await asyncio.wait_for(entry.freed.wait(), TIMEOUT)
         assert never_watched not in generations.logs
         assert abandoned not in generations.logs
         assert running.engine.statistics().busy_slots == 0
@@ -168,8 +172,10 @@ async def test_resume_window_cancels_a_generation_nobody_watches(
 
 
 async def test_viewer_that_stays_keeps_the_generation_alive(fake_app: FakeAppFactory) -> None:
-    """The window only counts while nobody watches: a long viewer outlives it."""
-    async with fake_app(fake_tokens_per_s=50.0, resume_window=0.2) as running:
+    """The timeouts only count while nobody watches: a long viewer outlives them."""
+    async with fake_app(
+        fake_tokens_per_s=50.0, unwatched_timeout=0.2, resume_window=0.2
+    ) as running:
         async with client_for(running) as client:
             gen_id = await create(client, max_tokens=40)  # 0.8 s: 4 windows long
             events = await view(client, gen_id)
