@@ -44,7 +44,6 @@ import dataclasses
 import importlib.resources
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -57,7 +56,6 @@ from rawstream.engine.factory import create_engine
 from rawstream.sansio.auth import (
     ANONYMOUS,
     CHALLENGE,
-    QUERY_PARAMETER,
     Authenticator,
     Identity,
     unauthorized_body,
@@ -65,6 +63,8 @@ from rawstream.sansio.auth import (
 from rawstream.sansio.http import Request
 from rawstream.sansio.openai import APIError
 from rawstream.sansio.origin import OriginPolicy, Preflight, Refused
+from rawstream.sansio.redact import REDACTED as REDACTED  # what the access log shows
+from rawstream.sansio.redact import redact_query, redact_target
 from rawstream.sansio.routing import Match, Route, Router
 from rawstream.server.exchange import Exchange
 from rawstream.server.server import Server
@@ -97,18 +97,17 @@ PAGE_HEADERS = [
 #: An endpoint: the exchange, the path's parameters and who is calling.
 Endpoint = Callable[[Exchange, dict[str, str], Identity], Awaitable[None]]
 
-#: What the access log shows instead of a key passed in the query string.
-REDACTED = "REDACTED"
-_KEY_IN_QUERY = re.compile(r"(?:^|(?<=[?&]))(" + re.escape(QUERY_PARAMETER) + r"=)[^&#]*")
-
 
 def redact_query_key(request: Request) -> Request:
-    """``request`` with the value of ``?api_key=`` replaced, for logging."""
-    if QUERY_PARAMETER not in request.query:
+    """``request`` with every key in its target and query hidden, for logging.
+
+    Parameter names are decoded as the authenticator decodes them (see
+    :mod:`rawstream.sansio.redact`), so ``?api%5Fkey=`` is hidden like ``?api_key=``.
+    """
+    target = redact_target(request.target)
+    if target == request.target:
         return request
-    query = _KEY_IN_QUERY.sub(r"\g<1>" + REDACTED, request.query)
-    path, _, _ = request.target.partition("?")
-    return dataclasses.replace(request, target=f"{path}?{query}", query=query)
+    return dataclasses.replace(request, target=target, query=redact_query(request.query))
 
 
 ROUTES = (
