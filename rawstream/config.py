@@ -25,15 +25,17 @@ def _opt(
     repeat: bool = False,
     minimum: float | None = None,
     above: float | None = None,
+    secret: bool = False,
 ) -> Any:
     """A field of :class:`Config`: its default, help text, unit and allowed range.
 
     ``minimum`` is the smallest value allowed, ``above`` a bound the value must
     exceed; :meth:`Config.__post_init__` refuses anything else, so a nonsensical
-    flag (``--ws-max-streams 0``) fails at start-up with a clear message.
+    flag (``--ws-max-streams 0``) fails at start-up with a clear message. A
+    ``secret`` field is left out of the ``repr``, so a logged ``Config`` shows no key.
     """
     metadata = {"help": help, "unit": unit, "repeat": repeat, "minimum": minimum, "above": above}
-    return field(default=default, metadata=metadata)
+    return field(default=default, metadata=metadata, repr=not secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,10 @@ class Config:
         minimum=1,
     )
     api_key: tuple[str, ...] = _opt(
-        (), "Require this Bearer key (repeatable). Default: no authentication.", repeat=True
+        (),
+        "Require this Bearer key (repeatable). Default: no authentication.",
+        repeat=True,
+        secret=True,
     )
     api_key_file: str | None = _opt(
         None,

@@ -35,7 +35,9 @@ upgrade with a plain 401.
 A key passed as ``?api_key=`` (the one way ``EventSource`` can send one) is
 removed from the request the server logs: after authentication the exchange's
 request carries the target and query with the key's value replaced by
-:data:`REDACTED`, so the access log never holds a key.
+:data:`REDACTED`, so the access log never holds a key. The names are read as the
+authenticator reads them (``?api%5Fkey=`` too); :mod:`rawstream.sansio.redact`
+holds the rules, which ``--trace`` applies to headers and subprotocols as well.
 """
 
 from __future__ import annotations

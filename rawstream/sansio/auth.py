@@ -19,7 +19,9 @@ Where a key may come from, in the order they are tried (the first that matches w
    a key must not contain ``()<>@,;:\\"/[]?={}``; keys in ``[A-Za-z0-9._~-]`` work.
 3. The ``api_key`` query parameter, for the one browser API with neither headers nor
    subprotocols: ``EventSource``. Query strings end up in access logs and browser
-   history; the server must redact them, and clients should prefer 1 or 2.
+   history; the server must redact them (:mod:`rawstream.sansio.redact`), and
+   clients should prefer 1 or 2.
+4. An ``x-api-key`` header: what the Anthropic SDK sends to ``POST /v1/messages``.
 
 Comparisons are constant-time: each candidate key and each configured key are
 hashed with SHA-256 first (so lengths leak nothing), and the candidate is compared
