@@ -251,7 +251,11 @@ def test_a_valid_completion_body_round_trips(
 # --- responses --------------------------------------------------------------------------
 
 
-@given(st.sampled_from(list(Kind)), st.booleans(), texts, any_text)
+#: Model names as the server has them (from the model file or the fake engine).
+model_names = st.from_regex(r"[\w.:/+-]{1,40}", fullmatch=True)
+
+
+@given(st.sampled_from(list(Kind)), st.booleans(), model_names, any_text)
 def test_a_delta_chunk_is_json_dumps_on_one_data_line(
     kind: Kind, include_usage: bool, model: str, text: str
 ) -> None:
