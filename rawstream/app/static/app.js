@@ -166,12 +166,14 @@ async function describeHTTPError(response) {
       ? "The server rejected the API key. Check it under Settings."
       : "This server requires an API key. Enter it under Settings.";
   }
-  if (response.status === 503) {
+  if (response.status === 503 || response.status === 429) {
     // 503 + Retry-After (RFC 9110 section 10.2.3): every slot is busy and the wait
-    // queue is full, or the model is still loading.
+    // queue is full, or the model is still loading. 429 + Retry-After (RFC 6585
+    // section 4): this caller has too many generations nobody watches.
     const retry = parseInt(response.headers.get("Retry-After") || "", 10);
     const when = Number.isFinite(retry) ? `in ${retry} s` : "in a moment";
-    return `The server is busy (${message || "overloaded"}). Try again ${when}.`;
+    const what = response.status === 503 ? "The server is busy" : "Too many requests";
+    return `${what} (${message || "overloaded"}). Try again ${when}.`;
   }
   return `The server answered ${response.status}: ${message || response.statusText}`;
 }
@@ -423,8 +425,10 @@ ui.newChat.addEventListener("click", () => {
 // Transport 1: resumable generations over Server-Sent Events
 // ---------------------------------------------------------------------------------
 
-/** How long to keep reconnecting before calling the reply lost (the server keeps a
- *  generation without viewers for --resume-window, 30 s by default). */
+/** How long to keep reconnecting before calling the reply lost. The server cancels
+ *  a running generation nobody watches after --unwatched-timeout (10 s by default)
+ *  and keeps its events for --resume-window (30 s) after that, so a page that comes
+ *  back in time still gets every event and the end. */
 const SSE_GIVE_UP_MS = 45000;
 
 async function sseGenerate(body, reply) {
@@ -485,15 +489,18 @@ async function sseGenerate(body, reply) {
     // plain Event without data. One listener sees both.
     source.addEventListener("error", (event) => {
       if (event instanceof MessageEvent && event.data !== undefined) {
-        // The generation failed, or the server is shutting down (that event has no
-        // id: it ends this viewer's stream, not the generation's log).
-        if (event.lastEventId && !isNew(event)) return;
+        // The generation failed, or this viewer's stream ended without the
+        // generation's end (shutdown, or it fell behind the replay buffer). Those
+        // events carry no id, and an EventSource keeps the previous lastEventId for
+        // them, so no id check here: an error event is always the last one.
         source.close();
         const error = JSON.parse(event.data).error || {};
         const why =
           error.code === "shutting_down"
             ? "The server is shutting down; this reply was cut short."
-            : `The generation failed: ${error.message || "unknown error"}`;
+            : error.code === "events_expired"
+              ? "This reply fell too far behind to be resumed; it is incomplete."
+              : `The generation failed: ${error.message || "unknown error"}`;
         reply.fail(why);
         return;
       }
