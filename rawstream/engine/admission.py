@@ -59,3 +59,11 @@ class Admission:
         """Give back the place of a stream that ended after ``duration`` seconds."""
         self.admitted -= 1
         self._mean_duration += _EWMA_ALPHA * (duration - self._mean_duration)
+
+    def refund(self) -> None:
+        """Give back a place whose stream never started (its prompt was refused).
+
+        The mean duration is left alone: a refusal says nothing about how long
+        streams take.
+        """
+        self.admitted -= 1

@@ -10,8 +10,9 @@ llama-cpp-python). It owns three C objects and frees them in :meth:`LlamaBackend
 
 Thread rules: the context and the batch belong to the scheduler thread alone.
 Tokenising and turning tokens into bytes only read the vocabulary, which llama.cpp
-builds at load time and never changes, so :meth:`tokenize` may also run on the event
-loop's thread (llama.cpp's own server tokenises in its HTTP threads the same way).
+builds at load time and never changes, so :meth:`tokenize` may run on any thread:
+the engine tokenises prompts on its preparation thread, next to the scheduler's
+decode steps (llama.cpp's own server tokenises in its HTTP threads the same way).
 
 Every ctypes call into ``libllama`` releases the GIL while it runs; ``llama_decode``
 is where the time goes, so the event loop keeps running while a step decodes.
@@ -87,6 +88,9 @@ class LlamaBackend:
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         self._closed = False
+        #: Held by a tokenisation in progress (any thread) and by :meth:`close`, so
+        #: that the vocabulary is never freed under a reader.
+        self._vocab_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -129,15 +133,18 @@ class LlamaBackend:
         raw = text.encode("utf-8")
         capacity = len(raw) + 8
         arr = (lib.llama_token * capacity)()
-        n = lib.llama_tokenize(
-            self._vocab, raw, len(raw), arr, capacity, add_special, parse_special
-        )
-        if n < 0:  # the buffer was too small; -n is the size needed
-            capacity = -n
-            arr = (lib.llama_token * capacity)()
+        with self._vocab_lock:
+            if self._closed:
+                raise RuntimeError("the model is closed")
             n = lib.llama_tokenize(
                 self._vocab, raw, len(raw), arr, capacity, add_special, parse_special
             )
+            if n < 0:  # the buffer was too small; -n is the size needed
+                capacity = -n
+                arr = (lib.llama_token * capacity)()
+                n = lib.llama_tokenize(
+                    self._vocab, raw, len(raw), arr, capacity, add_special, parse_special
+                )
         return list(arr[:n])
 
     def tokenize_parts(self, parts: Sequence[PromptPart]) -> list[int]:
@@ -149,8 +156,17 @@ class LlamaBackend:
         not write it; no EOS is added, since the prompt ends where the reply begins.
         """
         tokens: list[int] = []
+        # A template writes the same text around every message, and a huge request
+        # repeats its content: tokenise each distinct part once.
+        seen: dict[tuple[str, bool], list[int]] = {}
         for part in parts:
-            tokens += self.tokenize(part.text, add_special=False, parse_special=not part.content)
+            key = (part.text, part.content)
+            ids = seen.get(key)
+            if ids is None:
+                ids = seen[key] = self.tokenize(
+                    part.text, add_special=False, parse_special=not part.content
+                )
+            tokens += ids
         bos = lib.llama_vocab_bos(self._vocab)
         if self.add_bos and bos >= 0 and tokens[:1] != [bos]:
             tokens.insert(0, bos)
@@ -286,10 +302,15 @@ class LlamaBackend:
         return 0
 
     def close(self) -> None:
-        """Free the batch, the context and the model; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Free the batch, the context and the model; idempotent.
+
+        Waits for a tokenisation in progress on another thread; later ones raise
+        :class:`RuntimeError`.
+        """
+        with self._vocab_lock:
+            if self._closed:
+                return
+            self._closed = True
         lib.llama_batch_free(self._batch)
         lib.llama_free(self._ctx)
         lib.llama_model_free(self._model)

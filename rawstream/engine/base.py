@@ -176,6 +176,32 @@ class Engine(abc.ABC):
         """Cancel every stream and release the model."""
 
 
+def check_max_tokens(request: GenerationRequest) -> None:
+    """Refuse a ``max_tokens`` below 1 (:class:`InvalidRequest`, ``invalid_max_tokens``).
+
+    Every engine checks a request with this and :func:`check_prompt_length`, so they
+    refuse the same requests with the same codes and messages.
+    """
+    if request.max_tokens is not None and request.max_tokens < 1:
+        raise InvalidRequest("max_tokens must be at least 1", code="invalid_max_tokens")
+
+
+def check_prompt_length(prompt_tokens: int, ctx_per_slot: int) -> None:
+    """Refuse an empty prompt, or one that leaves no room in a slot for a reply.
+
+    Codes ``empty_prompt`` and ``context_length_exceeded``; the message of the second
+    gives both lengths, so a client can tell how much to cut.
+    """
+    if prompt_tokens < 1:
+        raise InvalidRequest("the prompt is empty", code="empty_prompt")
+    if prompt_tokens >= ctx_per_slot:
+        raise InvalidRequest(
+            f"the prompt is {prompt_tokens} tokens; the context of a stream is "
+            f"{ctx_per_slot} tokens, with room for at least one generated token",
+            code="context_length_exceeded",
+        )
+
+
 async def collect(stream: GenerationStream) -> tuple[str, Result]:
     """Read a whole stream; return its text and result (for non-streaming responses)."""
     parts = [delta.text async for delta in stream]
@@ -200,4 +226,6 @@ __all__ = [
     "Result",
     "Timings",
     "Usage",
+    "check_max_tokens",
+    "check_prompt_length",
 ]

@@ -2,9 +2,14 @@
 
 It implements the engine interface with the same :class:`EngineStream`, the same
 :class:`Admission` (``slots`` streams in progress, ``max_queue`` waiting, then
-:class:`Overloaded`), the same backpressure (a stream with a full buffer sits out
-ticks) and the same cancellation semantics as :class:`~rawstream.engine.llama.LlamaEngine`,
-so the server can be tested and benchmarked without a model.
+:class:`Overloaded`, checked before the prompt is looked at), the same refusals
+(:func:`~rawstream.engine.base.check_max_tokens` and
+:func:`~rawstream.engine.base.check_prompt_length`: same codes, same messages), the
+same backpressure (a stream with a full buffer sits out ticks) and the same
+cancellation semantics as :class:`~rawstream.engine.llama.LlamaEngine`, so the server
+can be tested and benchmarked without a model. Its prompt "tokens" are the words of
+the prompt (a chat is rendered as ``role: content`` lines) plus one; an empty prompt
+has none.
 
 Theory of operation: ONE periodic timer on the event loop drives every stream, the
 way one decode step of the real engine serves every slot. Each tick turns elapsed
@@ -45,6 +50,8 @@ from rawstream.engine.base import (
     Result,
     Timings,
     Usage,
+    check_max_tokens,
+    check_prompt_length,
 )
 from rawstream.engine.detok import StopMatcher
 from rawstream.engine.stream import EngineStream
@@ -135,22 +142,20 @@ class FakeEngine(Engine):
         """Admit ``request``; raises like :meth:`LlamaEngine.submit`."""
         if self._state is not EngineState.READY:
             raise NotReady(f"engine is {self._state}")
-        if request.max_tokens is not None and request.max_tokens < 1:
-            raise InvalidRequest("max_tokens must be at least 1", code="invalid_max_tokens")
+        check_max_tokens(request)
+        self._admission.admit()  # first: a full engine refuses before any work
         if request.messages is not None:
             text = "\n".join(f"{m.role}: {m.content}" for m in request.messages)
         else:
             assert request.prompt is not None
             text = request.prompt
-        prompt_tokens = len(text.split()) + 1
+        prompt_tokens = len(text.split()) + 1 if text else 0
+        try:
+            check_prompt_length(prompt_tokens, self.ctx_per_slot)
+        except InvalidRequest:
+            self._admission.refund()
+            raise
         room = self.ctx_per_slot - prompt_tokens
-        if room < 1:
-            raise InvalidRequest(
-                f"the prompt is {prompt_tokens} tokens; the context of a stream is "
-                f"{self.ctx_per_slot} tokens, with room for at least one generated token",
-                code="context_length_exceeded",
-            )
-        self._admission.admit()
         if request.max_tokens is None:
             limit, reason = DEFAULT_MAX_TOKENS, FinishReason.STOP
         else:

@@ -1,20 +1,32 @@
 """LlamaEngine: a GGUF model in this process, many streams batched on one context.
 
-The engine is the event loop's face of the :class:`~rawstream.engine.scheduler.Scheduler`
-thread. Its work on the loop is small and bounded:
+The engine is the event loop's face of two threads it owns: the
+:class:`~rawstream.engine.scheduler.Scheduler` thread, which owns the llama.cpp
+context and runs the decode steps, and the *preparation* thread, which renders chat
+templates and tokenises prompts. Its own work on the loop is small and bounded:
 
-- :meth:`LlamaEngine.submit` renders the chat template, tokenises (cheap, and it
-  lets a too-long prompt fail with :class:`InvalidRequest` before any work; message
-  content is tokenised without special tokens, see docs/engine.md), takes a
-  place from :class:`~rawstream.engine.admission.Admission` (or raises
-  :class:`Overloaded`), and puts a :class:`~rawstream.engine.scheduler.Job` in the
-  scheduler's inbox;
+- :meth:`LlamaEngine.submit` checks ``max_tokens``, takes a place from
+  :class:`~rawstream.engine.admission.Admission` (or raises :class:`Overloaded` at
+  once, before any work), then awaits the preparation thread, which renders the
+  chat template and tokenises (message content without special tokens, see
+  docs/engine.md). A prompt that is empty or does not fit the context is refused
+  with :class:`InvalidRequest` and gives its place back; one that fits becomes a
+  :class:`~rawstream.engine.scheduler.Job` in the scheduler's inbox;
 - once per decode step, :meth:`LlamaEngine._apply` receives that step's
   :class:`~rawstream.engine.scheduler.StepReport` (one ``call_soon_threadsafe``)
   and pushes text and results into the :class:`~rawstream.engine.stream.EngineStream`
   objects;
 - a stream's ``cancel()`` and a drained buffer go to the scheduler through its
   lock-protected inbox and wake the thread if it sleeps.
+
+Why a thread of its own for preparation: a chat of 30,000 tiny messages (1 MiB)
+takes a few hundred milliseconds to render and tokenise. On the loop that froze
+every connection; on the scheduler thread it would hold the GIL between decode
+steps and stall every stream. The preparation thread is a single worker fed only by
+admitted requests, so its backlog is bounded by ``parallel + max_queue``. A request
+whose caller is cancelled while it waits (the client left) gives its place back at
+once; one whose preparation is already running keeps the place until the thread is
+done with it, and never reaches a slot.
 
 Configuration (:class:`rawstream.config.Config`): ``parallel`` slots, each with
 ``ctx_per_slot`` tokens of context; ``threads`` for llama.cpp; ``max_queue`` waiting
@@ -24,9 +36,13 @@ requests; ``stream_buffer_tokens`` per stream before it is paused.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import functools
 import itertools
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rawstream.config import Config
@@ -39,6 +55,8 @@ from rawstream.engine.base import (
     GenerationStream,
     InvalidRequest,
     NotReady,
+    check_max_tokens,
+    check_prompt_length,
 )
 from rawstream.engine.chat import ChatTemplate, NoChatTemplate
 from rawstream.engine.detok import Detokenizer
@@ -78,6 +96,11 @@ class LlamaEngine(Engine):
         self._jobs: dict[int, Job] = {}  # by stream id, until the stream ends
         self._stopped: asyncio.Future[None] | None = None
         self._closing = False
+        #: Renders chat templates and tokenises prompts off the event loop: one
+        #: thread, fed only by admitted requests (docs/engine.md).
+        self._preparer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="rawstream-prompt"
+        )
 
     @property
     def state(self) -> EngineState:
@@ -171,22 +194,28 @@ class LlamaEngine(Engine):
         log.error("engine failed: %s", error)
 
     async def submit(self, request: GenerationRequest) -> GenerationStream:
-        """Admit ``request``; see :meth:`Engine.submit` for the errors raised."""
-        scheduler = self._scheduler
-        if self._state is not EngineState.READY or scheduler is None or self._closing:
-            raise NotReady("engine is closing" if self._closing else f"engine is {self._state}")
-        if request.max_tokens is not None and request.max_tokens < 1:
-            raise InvalidRequest("max_tokens must be at least 1", code="invalid_max_tokens")
-        prompt = self._tokenize(request)
-        if not prompt:
-            raise InvalidRequest("the prompt is empty", code="empty_prompt")
-        if len(prompt) >= self.ctx_per_slot:
-            raise InvalidRequest(
-                f"the prompt is {len(prompt)} tokens; the context of a stream is "
-                f"{self.ctx_per_slot} tokens, with room for at least one generated token",
-                code="context_length_exceeded",
-            )
+        """Admit ``request``; see :meth:`Engine.submit` for the errors raised.
+
+        The place in :class:`Admission` is taken first, so a full engine refuses at
+        once, before any work. The prompt is then prepared on the preparation
+        thread (:meth:`_prepare`) while the loop serves everyone else; a refused
+        prompt gives its place back.
+        """
+        self._check_ready()
+        check_max_tokens(request)
         self._admission.admit()
+        try:
+            prompt = await self._prepare(request)
+            self._check_ready()  # close() may have begun meanwhile
+            check_prompt_length(len(prompt), self.ctx_per_slot)
+        except asyncio.CancelledError:
+            raise  # _prepare has seen to the place
+        except BaseException:
+            self._admission.refund()
+            self._check_ready()  # the model went away meanwhile: NotReady, not a bug
+            raise
+        scheduler = self._scheduler
+        assert scheduler is not None
         stream = EngineStream(
             next(self._ids),
             len(prompt),
@@ -206,18 +235,77 @@ class LlamaEngine(Engine):
         scheduler.submit(job)
         return stream
 
-    def _tokenize(self, request: GenerationRequest) -> list[int]:
-        """The prompt tokens of ``request``.
+    def _check_ready(self) -> None:
+        if self._state is not EngineState.READY or self._scheduler is None or self._closing:
+            raise NotReady("engine is closing" if self._closing else f"engine is {self._state}")
+
+    async def _prepare(self, request: GenerationRequest) -> list[int]:
+        """The prompt tokens of ``request``, computed on the preparation thread.
+
+        The caller holds an admission place and gives it back if this raises. If
+        the caller is cancelled instead (its client left), the place is given back
+        here: at once when the work had not started, else when the thread is done
+        with it. So the thread's backlog never exceeds the places of
+        :class:`Admission`, however often clients come and go.
+        """
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[list[int]] = loop.create_future()
+        prep = _Preparation(request)
+
+        def settle(work: concurrent.futures.Future[list[int]]) -> None:  # on the loop
+            if outcome.cancelled():  # abandoned by the caller
+                if not prep.refunded:
+                    prep.refunded = True
+                    self._admission.refund()
+            elif work.cancelled():  # close() dropped it before it started
+                outcome.set_exception(NotReady("engine is closing"))
+            elif (error := work.exception()) is not None:
+                outcome.set_exception(error)
+            else:
+                outcome.set_result(work.result())
+
+        def done(work: concurrent.futures.Future[list[int]]) -> None:  # any thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, work)
+
+        try:
+            work = self._preparer.submit(self._prepare_now, prep)
+        except RuntimeError as exc:  # shut down by close()
+            raise NotReady("engine is closing") from exc
+        work.add_done_callback(done)
+        try:
+            return await outcome
+        except asyncio.CancelledError:
+            prep.abandoned = True  # the thread stops at its next check
+            if work.cancel():  # not started: it never will, the place is free now
+                prep.refunded = True
+                self._admission.refund()
+            raise
+
+    def _prepare_now(self, prep: _Preparation) -> list[int]:
+        """Render and tokenise (on the preparation thread); see :meth:`_tokenize`."""
+        if self._closing:
+            raise NotReady("engine is closing")
+        if prep.abandoned:
+            raise NotReady("the request was abandoned")
+        return self._tokenize(prep.request, prep)
+
+    def _tokenize(self, request: GenerationRequest, prep: _Preparation | None = None) -> list[int]:
+        """The prompt tokens of ``request`` (any thread; it only reads the vocabulary).
 
         Chat messages: the template's text with special tokens parsed, message
         content without, so content cannot forge a turn. A raw prompt is its
         author's whole prompt and is parsed like llama.cpp's server does, so it may
-        write control tokens itself.
+        write control tokens itself. ``prep``, when given, is checked between
+        rendering and tokenising, to drop the work of an abandoned request.
         """
         assert self._scheduler is not None and self._scheduler.backend is not None
         backend = self._scheduler.backend
         if request.messages is not None:
-            return backend.tokenize_parts(self._template.render_parts(request.messages))
+            parts = self._template.render_parts(request.messages)
+            if prep is not None and prep.abandoned:
+                raise NotReady("the request was abandoned")
+            return backend.tokenize_parts(parts)
         assert request.prompt is not None
         return backend.tokenize(request.prompt, add_special=True, parse_special=True)
 
@@ -274,15 +362,33 @@ class LlamaEngine(Engine):
         )
 
     async def close(self) -> None:
-        """Cancel every stream, stop the scheduler thread and free the model."""
+        """Cancel every stream, stop the scheduler thread and free the model.
+
+        Preparations not started yet are refused with :class:`NotReady`; the one in
+        progress is waited for (on a worker thread, not the loop), since it reads the
+        model's vocabulary, which the scheduler thread frees when it stops.
+        """
         if self._closing:
             if self._stopped is not None:
                 await asyncio.shield(self._stopped)
             return
         self._closing = True
+        shutdown = functools.partial(self._preparer.shutdown, wait=True, cancel_futures=True)
+        await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, shutdown))
         if self._scheduler is not None:
             self._scheduler.stop()
             if self._stopped is not None:
                 await asyncio.shield(self._stopped)
         if self._state is not EngineState.FAILED:
             self._state = EngineState.STOPPED
+
+
+@dataclass(eq=False, slots=True)
+class _Preparation:
+    """A request whose prompt the preparation thread is to render and tokenise."""
+
+    request: GenerationRequest
+    #: Set on the loop when the caller gave up; read by the thread between phases.
+    abandoned: bool = False
+    #: Whether its admission place was given back already (on the loop).
+    refunded: bool = False

@@ -180,6 +180,43 @@ async def test_prompt_longer_than_the_context_is_refused(engine: FakeEngine) -> 
     assert engine.statistics().busy_slots == 0
 
 
+async def test_refusals_are_the_real_engines(engine: FakeEngine) -> None:
+    # The same codes and messages as LlamaEngine (tests/engine/test_llama.py).
+    with pytest.raises(InvalidRequest) as empty:
+        await engine.submit(GenerationRequest(prompt=""))
+    assert (empty.value.code, str(empty.value)) == ("empty_prompt", "the prompt is empty")
+    with pytest.raises(InvalidRequest) as too_long:
+        await engine.submit(GenerationRequest(prompt="word " * 2047))
+    assert too_long.value.code == "context_length_exceeded"
+    assert str(too_long.value) == (
+        "the prompt is 2048 tokens; the context of a stream is 2048 tokens, "
+        "with room for at least one generated token"
+    )
+    with pytest.raises(InvalidRequest) as no_tokens:
+        await engine.submit(req(0))
+    assert (no_tokens.value.code, str(no_tokens.value)) == (
+        "invalid_max_tokens",
+        "max_tokens must be at least 1",
+    )
+    assert engine.statistics().busy_slots == 0
+
+
+async def test_a_full_engine_refuses_before_it_reads_the_prompt() -> None:
+    engine = FakeEngine(config(parallel=1, max_queue=0))
+    await engine.start()
+    running = await engine.submit(req(1000))
+    with pytest.raises(Overloaded):  # not InvalidRequest: no work for a refused request
+        await engine.submit(GenerationRequest(prompt="word " * 5000))
+    running.cancel()
+    for _ in range(3):  # a refused prompt gives its place back
+        with pytest.raises(InvalidRequest):
+            await engine.submit(GenerationRequest(prompt="word " * 5000))
+    async with asyncio.timeout(TIMEOUT):
+        _, result = await collect(await engine.submit(req(3)))
+    assert result.finish_reason is FinishReason.LENGTH
+    await engine.close()
+
+
 async def test_thousands_of_streams_on_one_timer() -> None:
     engine = FakeEngine(config(fake_tokens_per_s=200.0, max_queue=0), slots=3000)
     await engine.start()
