@@ -18,7 +18,7 @@ import random
 import pytest
 
 from rawstream.server.exchange import Exchange
-from tests.fuzz import FUZZ_CONFIG, GEN_ID, fuzz_server, run_fuzz
+from tests.fuzz import BATCH, FUZZ_CONFIG, GEN_ID, fuzz_server, run_fuzz
 from tests.support import serve
 
 CASES = int(os.environ.get("RAWSTREAM_FUZZ_CASES", "2000"))
@@ -37,7 +37,7 @@ async def test_fuzzed_requests_get_no_5xx_no_hang_and_others_are_served(fuzz_see
     async with fuzz_server() as port:
         report = await run_fuzz(port, fuzz_seed, CASES)
     print(report.summary())
-    assert report.batch_checks == -(-CASES // 250), report.explain()
+    assert report.batch_checks == -(-CASES // BATCH), report.explain()
     assert not report.failures, report.explain()
 
 
