@@ -4,8 +4,9 @@ Two kinds of series:
 
 * **Read at scrape time** from the server's and the engine's ``statistics()``
   (connections by state, active and queued streams, paused writers, tokens, decode
-  steps, close codes, timeouts, shutdown drain time). A custom collector builds
-  them when Prometheus asks, so the hot path pays nothing for them.
+  steps, close codes labelled by :func:`close_code_label`, timeouts, shutdown drain
+  time). A custom collector builds them when Prometheus asks, so the hot path pays
+  nothing for them.
 * **Observed as they happen**: histograms of time to first token, inter-token
   latency, and disconnect-to-cancel latency; counters of requests by endpoint and
   status. One observation per delta or per request, never per byte.
@@ -76,6 +77,24 @@ _SCALARS: tuple[tuple[str, str, str, str, str], ...] = (
 )  # fmt: skip
 
 
+def close_code_label(code: int) -> str:
+    """The ``code`` label of a WebSocket close code: a bounded set of values.
+
+    RFC 6455 section 7.4.2: 1000-2999 belong to the protocol (1000-1015 are
+    defined or registered), "3000-3999 [...] registered with IANA" for libraries
+    and frameworks, "4000-4999 [...] reserved for private use". Each protocol code
+    is its own label; a peer may pick any code in the two ranges, so each range is
+    one label, and anything else is ``other``.
+    """
+    if 1000 <= code <= 1015:
+        return str(code)
+    if 3000 <= code <= 3999:
+        return "3000-3999"
+    if 4000 <= code <= 4999:
+        return "4000-4999"
+    return "other"
+
+
 class _StatisticsCollector(Collector):
     """Series computed from ``statistics()`` snapshots at scrape time."""
 
@@ -104,11 +123,16 @@ class _StatisticsCollector(Collector):
         yield timeouts
         codes = CounterMetricFamily(
             "rawstream_websocket_close_codes",
-            "WebSocket closes by close code (sent or received).",
+            "WebSocket closes by close code (sent or received); "
+            "codes a peer picks are counted by range.",
             labels=["code"],
         )
+        by_label: dict[str, int] = {}
         for code, n in sorted(s.ws_close_codes_total.items()):
-            codes.add_metric([str(code)], n)
+            label = close_code_label(code)
+            by_label[label] = by_label.get(label, 0) + n
+        for label, n in by_label.items():
+            codes.add_metric([label], n)
         yield codes
         yield GaugeMetricFamily(
             "rawstream_shutdown_drain_seconds",

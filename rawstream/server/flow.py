@@ -14,8 +14,16 @@ asyncio flow control has two directions, and each has its own signal:
 * **Reading.** ``pause_reading()`` stops the loop from reading the socket; the
   kernel's receive buffer fills, the TCP window closes and the peer stops sending.
   Several reasons can want reading paused at once (a full request-body buffer, a
-  backlog of unread WebSocket messages); reading resumes only when none is left.
-  :class:`ReadPause` names them.
+  backlog of unread WebSocket messages, a peer that sends but does not read);
+  reading resumes only when none is left. :class:`ReadPause` names them.
+
+* **Both.** A peer that keeps sending while it reads nothing of what we write
+  (writing is paused) may be read for at most the high-water mark more bytes
+  (:meth:`FlowControl.received`); then reading pauses with
+  ``ReadPause.WRITE_BACKLOG`` until writing resumes. Whatever that peer's frames
+  ask for (a pong per ping) waits meanwhile, and the kernel pushes back on it.
+  Callbacks registered with :meth:`FlowControl.call_when_writable` run when
+  writing resumes, before any waiting producer.
 
 The **stall watchdog**: a client that stops reading forever would hold its
 producer (and its engine slot) forever. When writing stays paused for
@@ -42,6 +50,8 @@ class ReadPause(enum.Flag):
     BODY = enum.auto()  #: request body buffered above the high-water mark
     PIPELINE = enum.auto()  #: pipelined requests buffered while one is answered
     WS_BACKLOG = enum.auto()  #: too many WebSocket messages not yet consumed
+    #: more than the high-water mark received while writing is paused
+    WRITE_BACKLOG = enum.auto()
 
 
 class FlowControl:
@@ -49,13 +59,17 @@ class FlowControl:
 
     __slots__ = (
         "_closed",
+        "_high_water",
         "_loop",
         "_on_stall",
+        "_on_writable",
         "_read_paused",
+        "_received_while_paused",
         "_stall_handle",
         "_stall_timeout",
         "_transport",
         "_waiter",
+        "read_pauses",
         "write_paused",
     )
 
@@ -75,8 +89,13 @@ class FlowControl:
         self._read_paused = ReadPause.NONE
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._high_water = write_high_water
+        self._received_while_paused = 0
+        self._on_writable: list[Callable[[], None]] = []
         #: True between the loop's pause_writing() and resume_writing() calls.
         self.write_paused = False
+        #: How many times reading has stopped (a peer's answer may have waited unread).
+        self.read_pauses = 0
         transport.set_write_buffer_limits(high=write_high_water, low=write_high_water // 4)
 
     # --- reading -------------------------------------------------------------------
@@ -84,6 +103,7 @@ class FlowControl:
         """Add ``reason`` to the reasons to stop reading."""
         if not self._read_paused and not self._closed:
             self._transport.pause_reading()
+            self.read_pauses += 1
         self._read_paused |= reason
 
     def resume_reading(self, reason: ReadPause) -> None:
@@ -93,6 +113,18 @@ class FlowControl:
         self._read_paused &= ~reason
         if not self._read_paused and not self._closed:
             self._transport.resume_reading()
+
+    def received(self, size: int) -> None:
+        """Count ``size`` bytes just received from a peer that may not be reading.
+
+        While writing is paused, past the high-water mark of such bytes reading
+        pauses (``ReadPause.WRITE_BACKLOG``) until writing resumes.
+        """
+        if not self.write_paused:
+            return
+        self._received_while_paused += size
+        if self._received_while_paused > self._high_water:
+            self.pause_reading(ReadPause.WRITE_BACKLOG)
 
     @property
     def read_paused(self) -> ReadPause:
@@ -112,6 +144,11 @@ class FlowControl:
         if self._stall_handle is not None:
             self._stall_handle.cancel()
             self._stall_handle = None
+        callbacks, self._on_writable = self._on_writable, []
+        for callback in callbacks:
+            callback()
+        self._received_while_paused = 0
+        self.resume_reading(ReadPause.WRITE_BACKLOG)
         self._wake(None)
 
     def connection_lost(self) -> None:
@@ -120,6 +157,7 @@ class FlowControl:
         if self._stall_handle is not None:
             self._stall_handle.cancel()
             self._stall_handle = None
+        self._on_writable.clear()
         self._wake(ConnectionGone("connection closed"))
 
     # --- producers ----------------------------------------------------------------
@@ -127,6 +165,17 @@ class FlowControl:
     def closed(self) -> bool:
         """Whether the transport is gone."""
         return self._closed
+
+    def call_when_writable(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once when writing resumes (at once if it is not paused).
+
+        For control data that must not pile up while the peer is not reading: the
+        caller keeps only the latest of it and writes that from ``callback``.
+        """
+        if not self.write_paused:
+            callback()
+        elif not self._closed:
+            self._on_writable.append(callback)
 
     async def wait_writable(self) -> None:
         """Return when the transport can take more data.

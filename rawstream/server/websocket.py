@@ -5,15 +5,28 @@ received byte to :meth:`WebSocket.data_received`, which feeds wsproto's frame-le
 ``Connection`` and reacts to the events it parses. wsproto starts with h11's
 ``trailing_data``: frames the client sent right behind its handshake.
 
-Reading never stops for control frames
+Reading does not wait for the handler
     Messages wait in a small queue until the handler calls :meth:`receive`. Pings
     are answered and pongs recorded as soon as they are parsed, whatever the queue
     holds. Only when the queue passes its bound (16 messages or one maximum-size
-    message) does reading pause, and while rawstream itself is not reading, the
-    keepalive does not count missing pongs against the client.
+    message) does reading pause, and while rawstream itself is not reading (or has
+    not been, since its ping), the keepalive does not count a missing pong against
+    the client.
+
+Pongs respect flow control (RFC 6455 section 5.5.3)
+    "If an endpoint receives a Ping frame and has not yet sent Pong frame(s) in
+    response to previous Ping frame(s), the endpoint MAY elect to send a Pong frame
+    for only the most recently processed Ping frame." While writing is paused (the
+    peer is not reading), only the newest ping's payload is kept, and its pong is
+    written when writing resumes. A peer that goes on sending meanwhile is read
+    for at most ``--write-high-water`` more bytes, control frames included; then
+    reading pauses (``ReadPause.WRITE_BACKLOG``) until writing resumes. A ping
+    flood from a peer that never reads thus costs a bounded amount of memory, and
+    the stall watchdog ends it.
 
 Limits and close codes (RFC 6455 section 7.4.1)
-    * a message larger than ``--ws-max-message-bytes``: 1009 "message too big";
+    * a message larger than ``--ws-max-message-bytes`` (UTF-8 bytes for text):
+      1009 "message too big";
     * a text message that is not UTF-8: 1007 (wsproto detects it);
     * any other framing error (reserved bits, bad opcodes, fragmented or oversized
       control frames, unmasked client frames): 1002 (wsproto detects it);
@@ -29,6 +42,10 @@ The close handshake (section 7.1.2-7.1.4)
     * rawstream first (:meth:`close`, shutdown with 1001): send Close, wait for the
       peer's Close at most ``--ws-close-timeout`` seconds, then close TCP (or abort
       after the timeout).
+
+Close codes are counted for the metrics (:meth:`Server.count_close_code`) as
+:func:`close_code_bucket` groups them: a peer picks codes from 3000 to 4999
+freely, and one series per code would let it create series without bound.
 
 permessage-deflate is not offered: it costs memory per connection and wsproto
 inflates without a size bound.
@@ -75,6 +92,28 @@ ABNORMAL = 1006  #: never sent: "no close frame received"
 MAX_QUEUED_MESSAGES = 16
 
 
+def close_code_bucket(code: int) -> int:
+    """The close code to count: itself if RFC 6455 defines it, else its range.
+
+    Section 7.4.2: 1000-2999 are for the protocol (1000-1015 defined or registered;
+    the rest never pass wsproto's check), "3000-3999 [...] registered with IANA"
+    for libraries and frameworks, "4000-4999 [...] reserved for private use".
+    Those two ranges are counted as 3000 and 4000; anything else as 0.
+    """
+    if 1000 <= code <= 1015:
+        return code
+    if 3000 <= code <= 4999:
+        return code - code % 1000
+    return 0
+
+
+def _utf8_size(data: str | bytes) -> int:
+    """Bytes of a message part: a text part counts as its UTF-8 encoding."""
+    if isinstance(data, str) and not data.isascii():  # isascii() is O(1) in CPython
+        return len(data.encode())
+    return len(data)
+
+
 class WebSocket:
     """The handler's WebSocket (see the module docstring)."""
 
@@ -84,7 +123,8 @@ class WebSocket:
         self.subprotocol = subprotocol
         self._ws = Connection(ConnectionType.SERVER, extensions=None, trailing_data=b"")
         self._trailing = trailing
-        self._queue: collections.deque[str | bytes] = collections.deque()
+        #: Messages the handler has not read yet, each with its size in bytes.
+        self._queue: collections.deque[tuple[str | bytes, int]] = collections.deque()
         self._queued_bytes = 0
         self._parts: list[str | bytes] = []
         self._part_bytes = 0
@@ -96,6 +136,9 @@ class WebSocket:
         self._close_handle: asyncio.TimerHandle | None = None
         self._ping_payload = b""
         self._ping_count = 0
+        self._read_pauses_at_ping = 0
+        #: The payload of the newest ping not yet answered while writing is paused.
+        self._pending_pong: bytes | None = None
         #: Pongs that answered one of our keepalive pings (a statistic for tests/metrics).
         self.pongs_received = 0
         #: The close code, once the close handshake started or the TCP connection
@@ -115,6 +158,8 @@ class WebSocket:
         """(connection) Bytes from the peer."""
         if self._ws.state is ConnectionState.CLOSED:
             return
+        if self._ws.state is ConnectionState.OPEN and self.conn.flow is not None:
+            self.conn.flow.received(len(data))
         self._ws.receive_data(data)
         for event in self._ws.events():
             if self.conn.trace.enabled:
@@ -135,8 +180,7 @@ class WebSocket:
         if isinstance(event, Message):
             self._on_message(event)
         elif isinstance(event, Ping):
-            if self._ws.state is ConnectionState.OPEN:
-                self._send(event.response())
+            self._on_ping(event)
         elif isinstance(event, Pong):
             if event.payload == self._ping_payload and self._pong_deadline is not None:
                 self._pong_deadline.cancel()
@@ -145,11 +189,27 @@ class WebSocket:
         elif isinstance(event, CloseConnection):
             self._on_close(event)
 
+    def _on_ping(self, event: Ping) -> None:
+        """Answer now, or keep only the newest payload while writing is paused."""
+        if self._ws.state is not ConnectionState.OPEN:
+            return
+        flow = self.conn.flow
+        if flow is None or not flow.write_paused:
+            self._send(event.response())
+            return
+        if self._pending_pong is None:
+            flow.call_when_writable(self._send_pending_pong)
+        self._pending_pong = bytes(event.payload)
+
+    def _send_pending_pong(self) -> None:
+        payload, self._pending_pong = self._pending_pong, None
+        if payload is not None and self._ws.state is ConnectionState.OPEN:
+            self._send(Pong(payload=payload))
+
     def _on_message(self, event: Message) -> None:  # type: ignore[type-arg]
         if self._ws.state is not ConnectionState.OPEN:
             return
-        size = len(event.data)
-        self._part_bytes += size
+        self._part_bytes += _utf8_size(event.data)
         if self._part_bytes > self.config.ws_max_message_bytes:
             self._fail(TOO_BIG, "message too big")
             return
@@ -161,7 +221,7 @@ class WebSocket:
         else:
             message = b"".join(bytes(p) for p in self._parts if not isinstance(p, str))
         self._parts = []
-        self._queue.append(message)
+        self._queue.append((message, self._part_bytes))
         self._queued_bytes += self._part_bytes
         self._part_bytes = 0
         if (
@@ -177,7 +237,7 @@ class WebSocket:
             # The peer started the close handshake: echo its code, then close TCP.
             self.close_code, self.close_reason = event.code, event.reason or ""
             self._send(event.response())
-            self.conn.server.count_close_code(event.code)
+            self._count_close(event.code)
             self.conn.close()
         elif state is ConnectionState.CLOSED:
             # The answer to our Close: the handshake is complete.
@@ -204,18 +264,24 @@ class WebSocket:
                 await self._waiter
             finally:
                 self._waiter = None
-        message = self._queue.popleft()
-        self._queued_bytes -= len(message)
+        message, size = self._queue.popleft()
+        self._queued_bytes -= size
         if len(self._queue) < MAX_QUEUED_MESSAGES // 2 and self.conn.flow is not None:
             self.conn.flow.resume_reading(ReadPause.WS_BACKLOG)
         return message
 
     async def send(self, message: str | bytes) -> None:
-        """Send one text (``str``) or binary (``bytes``) message, waiting if paused."""
+        """Send one text (``str``) or binary (``bytes``) message, waiting if paused.
+
+        Raises :class:`WebSocketClosed` if the connection is closing or gone.
+        """
         flow = self.conn.flow
         assert flow is not None
         if flow.write_paused or flow.closed:
-            await flow.wait_writable()
+            try:
+                await flow.wait_writable()
+            except ConnectionGone:
+                raise WebSocketClosed(self.close_code or ABNORMAL, self.close_reason) from None
         if self._ws.state is not ConnectionState.OPEN:
             raise WebSocketClosed(self.close_code or ABNORMAL, self.close_reason)
         if self.conn.trace.enabled:
@@ -255,15 +321,16 @@ class WebSocket:
         if self._ws.state is not ConnectionState.OPEN:
             return
         self.close_code, self.close_reason = code, reason
-        self.conn.server.count_close_code(code)
+        self._count_close(code)
         self._send(CloseConnection(code=code, reason=reason))
         self._stop_keepalive()
         self._close_handle = self._loop.call_later(
             self.config.ws_close_timeout, self._close_timeout
         )
-        # While we wait for the peer's Close, read everything (and drop messages).
+        # While we wait for the peer's Close, read everything (and drop messages;
+        # pings are no longer answered).
         if self.conn.flow is not None:
-            self.conn.flow.resume_reading(ReadPause.WS_BACKLOG)
+            self.conn.flow.resume_reading(ReadPause.WS_BACKLOG | ReadPause.WRITE_BACKLOG)
         self._wake()
 
     def handler_finished(self, *, shutdown: bool = False) -> None:
@@ -304,13 +371,19 @@ class WebSocket:
         """Fail the WebSocket connection (RFC 6455 section 7.1.7)."""
         log.debug("#%d: failing WebSocket: %d %s", self.conn.id, code, reason)
         self.close_code, self.close_reason = code, reason
-        self.conn.server.count_close_code(code)
+        self._count_close(code)
         if self._ws.state is ConnectionState.OPEN:
             self._send(CloseConnection(code=code, reason=reason))
+        if self.conn.flow is not None:
+            # The lingering close below must read (and drop) what still arrives.
+            self.conn.flow.resume_reading(ReadPause.WRITE_BACKLOG)
         # Frames may still be arriving behind the bad one; closing with them unread
         # would send RST, which can destroy our Close frame before the peer reads it.
         self.conn.close_lingering()
         self._finish(code, reason)
+
+    def _count_close(self, code: int) -> None:
+        self.conn.server.count_close_code(close_code_bucket(code))
 
     def _close_timeout(self) -> None:
         self._close_handle = None
@@ -348,6 +421,7 @@ class WebSocket:
             self._ping_count += 1
             self._ping_payload = self._ping_count.to_bytes(4, "big")
             self._send(Ping(payload=self._ping_payload))
+            self._read_pauses_at_ping = flow.read_pauses
             self._pong_deadline = self._loop.call_later(
                 self.config.ws_ping_timeout, self._pong_missing
             )
@@ -356,8 +430,10 @@ class WebSocket:
     def _pong_missing(self) -> None:
         self._pong_deadline = None
         flow = self.conn.flow
-        if flow is not None and flow.read_paused:
-            return  # we are not reading: the pong may be waiting in the socket
+        if flow is not None and (flow.read_paused or flow.read_pauses != self._read_pauses_at_ping):
+            # We stopped reading since the ping: the pong may be waiting in the
+            # socket (or have arrived late for that reason). Ping again later.
+            return
         self._fail(INTERNAL_ERROR, "keepalive ping timeout")
 
     def _stop_keepalive(self) -> None:

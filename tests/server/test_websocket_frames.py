@@ -160,6 +160,18 @@ async def test_echo_sizes(opcode: int, size: int) -> None:
         writer.close()
 
 
+async def test_message_of_exactly_the_limit_in_utf8_bytes_is_accepted() -> None:
+    """``--ws-max-message-bytes`` is a byte count: 1365 three-byte characters and one
+    ASCII character are 4096 bytes, the limit, split over two fragments."""
+    payload = ("\u20ac" * 1365 + "x").encode()
+    assert len(payload) == MAX_MESSAGE
+    async with echo_server() as running:
+        reader, writer = await connect(running.port)
+        writer.write(frame(TEXT, payload[:2000], fin=False) + frame(CONT, payload[2000:]))
+        assert await read_frame(reader) == Frame(True, TEXT, payload)
+        writer.close()
+
+
 async def test_frames_sent_with_the_handshake_are_not_lost() -> None:
     """Frames right behind the upgrade request reach wsproto (h11's trailing_data)."""
     async with echo_server() as running:
@@ -282,6 +294,13 @@ FAILURES: list[tuple[str, bytes, int]] = [
     (
         "too-big-fragmented",
         frame(TEXT, b"x" * 3000, fin=False) + frame(CONT, b"x" * 3000),
+        TOO_BIG,
+    ),
+    # The limit counts UTF-8 bytes, not characters: 1366 characters, 4098 bytes.
+    ("too-big-in-bytes", frame(TEXT, ("\u20ac" * 1366).encode()), TOO_BIG),
+    (
+        "too-big-in-bytes-fragmented",
+        frame(TEXT, ("\u20ac" * 700).encode(), fin=False) + frame(CONT, ("\u20ac" * 700).encode()),
         TOO_BIG,
     ),
     # Autobahn 7.3.2: "If there is a body, the first two bytes of the body MUST be a
