@@ -49,8 +49,11 @@ Theory of operation of :class:`StreamTable` (one per connection): feed each
 received message to :meth:`StreamTable.receive` and act on what it returns. It
 admits generates against the per-connection limit, and it owns each stream's
 ``seq`` counter and its end, so the ordering rules above hold by construction: after
-:meth:`StreamTable.finish` or :meth:`StreamTable.fail` the id is gone and encoding
-another message for it raises :class:`KeyError`.
+:meth:`StreamTable.finish` or :meth:`StreamTable.fail` encoding another message for
+the stream raises :class:`KeyError`. The id stays in use until the caller has sent
+that last message and calls :meth:`StreamTable.release`: a client cannot have seen
+the end before, so a ``generate`` that reuses the id meanwhile reuses a live id
+(``duplicate_id``), and a ``cancel`` cannot reach the wrong stream.
 
 Cancellation: ``cancel`` of a live stream returns :class:`Cancel` (the app cancels
 the engine stream); the stream then ends with ``done`` and ``finish_reason``
@@ -350,7 +353,8 @@ class StreamState(enum.Enum):
 
     LIVE = "live"  #: a generate was accepted; deltas flow
     CANCELLING = "cancelling"  #: the client sent cancel; deltas in flight may still arrive
-    ENDED = "ended"  #: its one done or error is encoded; the id is free again
+    #: its one done or error is encoded; the id is free once that is sent (release)
+    ENDED = "ended"
 
 
 #: The moves a stream can make, and nothing else (``docs/gen.py`` draws
@@ -364,11 +368,12 @@ STREAM_TRANSITIONS: dict[StreamState, frozenset[StreamState]] = {
 
 
 class _Stream:
-    __slots__ = ("prefix", "seq", "state")
+    __slots__ = ("end", "prefix", "seq", "state")
 
     def __init__(self, id: StreamId) -> None:
         self.seq = 0
         self.state = StreamState.LIVE
+        self.end: str | None = None  # the done or error, once encoded
         # Everything of a delta message before its seq number, encoded once.
         self.prefix = f'{{"type":"delta","id":{_id_json(id)},"seq":'
 
@@ -390,8 +395,9 @@ class StreamTable:
     - ``None`` -- nothing to do (a cancel of an id that is not live).
 
     For each live stream, encode messages with :meth:`delta`, then exactly one of
-    :meth:`finish` and :meth:`fail`. When the connection closes, :meth:`clear`
-    gives the ids whose engine streams must be cancelled.
+    :meth:`finish` and :meth:`fail`; send that, then call :meth:`release` to free
+    the id. When the connection closes, :meth:`clear` gives the ids whose engine
+    streams must be cancelled (after :meth:`end_all`, to tell the client).
     """
 
     def __init__(self, max_streams: int, *, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
@@ -414,7 +420,7 @@ class StreamTable:
 
     @property
     def ids(self) -> tuple[StreamId, ...]:
-        """The live ids, oldest first."""
+        """The ids in use (live, or ended but not released), oldest first."""
         return tuple(self._streams)
 
     def receive(self, data: str | bytes) -> Generate | Cancel | str | Violation | None:
@@ -450,41 +456,73 @@ class StreamTable:
         self._streams[message.id] = _Stream(message.id)
         return message
 
+    def _open(self, id: StreamId) -> _Stream:
+        """Stream ``id`` if it has not ended; :class:`KeyError` otherwise."""
+        stream = self._streams[id]
+        if stream.state is StreamState.ENDED:
+            raise KeyError(id)
+        return stream
+
     def delta(self, id: StreamId, text: str) -> str:
         """The next ``delta`` of stream ``id`` (``seq`` counts from 0)."""
-        stream = self._streams[id]
+        stream = self._open(id)
         seq = stream.seq
         stream.seq = seq + 1
         return f'{stream.prefix}{seq},"text":{json.dumps(text)}}}'
 
     def finish(self, id: StreamId, result: Result) -> str:
-        """End stream ``id`` for ``result``; the id is free afterwards.
+        """End stream ``id`` for ``result``; send the message, then :meth:`release`.
 
         ``stop``, ``length``, and ``cancelled`` after the client's ``cancel``, give
         ``done``. ``error``, and a cancellation the client did not ask for, give
         ``error``.
         """
-        stream = self._streams.pop(id)
-        asked_to_cancel = stream.state is StreamState.CANCELLING
-        stream.move(StreamState.ENDED)
+        stream = self._open(id)
         reason = result.finish_reason
         if reason is FinishReason.ERROR:
-            return encode_error(
+            end = encode_error(
                 id,
                 result.error or "the generation failed",
                 type="server_error",
                 code="engine_error",
             )
-        if reason is FinishReason.CANCELLED and not asked_to_cancel:
-            return encode_error(
+        elif reason is FinishReason.CANCELLED and stream.state is not StreamState.CANCELLING:
+            end = encode_error(
                 id, "the server cancelled the stream", type="server_error", code="cancelled"
             )
-        return encode_done(id, result)
+        else:
+            end = encode_done(id, result)
+        return self._end(stream, end)
 
     def fail(self, id: StreamId, error: APIError) -> str:
-        """End stream ``id`` with ``error`` (e.g. the engine refused it at submit)."""
-        self._streams.pop(id).move(StreamState.ENDED)
-        return encode_error(id, error.message, type=error.type, code=error.code, param=error.param)
+        """End stream ``id`` with ``error`` (the engine refused it, it broke midway);
+        send the message, then :meth:`release`."""
+        stream = self._open(id)
+        end = encode_error(id, error.message, type=error.type, code=error.code, param=error.param)
+        return self._end(stream, end)
+
+    @staticmethod
+    def _end(stream: _Stream, end: str) -> str:
+        # Encoded first: a stream whose end could not be encoded can still fail.
+        stream.move(StreamState.ENDED)
+        stream.end = end
+        return end
+
+    def release(self, id: StreamId) -> None:
+        """Free id ``id``: its last message was sent (or the connection is gone)."""
+        self._streams.pop(id, None)
+
+    def end_all(self, error: APIError) -> list[str]:
+        """The last message of every stream holding an id, oldest first.
+
+        That is ``error`` for each stream still open (which ends it), and the end
+        already encoded for each stream whose end was not yet released (it was not
+        sent). For a connection about to close (shutdown); :meth:`clear` follows.
+        """
+        ends = []
+        for id, stream in self._streams.items():
+            ends.append(stream.end if stream.end is not None else self.fail(id, error))
+        return ends
 
     def clear(self) -> tuple[StreamId, ...]:
         """Forget every stream (the connection is gone); return their ids to cancel."""

@@ -201,11 +201,16 @@ def test_lifecycle_and_seq() -> None:
     decoded = messages(sent)
     assert [m.get("seq") for m in decoded[:3]] == [0, 1, 2]
     assert decoded[3]["type"] == "done" and decoded[3]["finish_reason"] == "stop"
-    assert "a" not in table and len(table) == 0
     with pytest.raises(KeyError):
         table.delta("a", "late")
     with pytest.raises(KeyError):
         table.finish("a", DONE_RESULT)
+    # The id is held until the caller has sent the end and releases it.
+    assert "a" in table
+    table.release("a")
+    assert "a" not in table and len(table) == 0
+    with pytest.raises(KeyError):
+        table.delta("a", "late")
     # The id is free again, and seq starts over.
     assert isinstance(table.receive(generate("a")), Generate)
     assert json.loads(table.delta("a", "x"))["seq"] == 0
@@ -244,6 +249,9 @@ def test_stream_limit() -> None:
     assert json.loads(reply)["error"]["code"] == "too_many_streams"
     assert "c" not in table
     table.finish("a", DONE_RESULT)
+    reply = table.receive(generate("c"))  # a's end is not sent yet: it still counts
+    assert isinstance(reply, str) and "too_many_streams" in reply
+    table.release("a")
     assert isinstance(table.receive(generate("c")), Generate)
 
 
@@ -283,6 +291,8 @@ def test_server_side_endings_are_errors() -> None:
     assert end["type"] == "error" and end["error"]["code"] == "cancelled"
     end = json.loads(table.finish("b", Result(FinishReason.ERROR, Usage(1, 1), error="oom")))
     assert end["type"] == "error" and end["error"]["message"] == "oom"
+    table.release("a")
+    table.release("b")
     assert len(table) == 0
 
 
@@ -291,6 +301,9 @@ def test_fail_at_submit() -> None:
     table.receive(generate("a"))
     reply = json.loads(table.fail("a", APIError.from_engine_error(Overloaded(1.0))))
     assert reply["type"] == "error" and reply["error"]["code"] == "overloaded"
+    with pytest.raises(KeyError):
+        table.fail("a", APIError.from_engine_error(Overloaded(1.0)))
+    table.release("a")
     assert "a" not in table
 
 
@@ -302,6 +315,44 @@ def test_replies_from_receive() -> None:
     assert "a" not in table
     violation = table.receive(b"\x00")
     assert isinstance(violation, Violation) and violation.code == 1003
+
+
+def test_an_id_reused_before_its_end_is_released_is_a_duplicate() -> None:
+    """Until the end is sent (release), the client cannot have seen it: the id is
+    still live, a generate reusing it is refused and a cancel is ignored."""
+    table = StreamTable(4)
+    table.receive(generate("a"))
+    end = table.finish("a", DONE_RESULT)
+    reply = table.receive(generate("a"))
+    assert isinstance(reply, str)
+    assert json.loads(reply)["error"]["code"] == "duplicate_id"
+    assert table.receive(cancel("a")) is None
+    table.release("a")
+    assert isinstance(table.receive(generate("a")), Generate)
+    assert table.receive(cancel("a")) == Cancel("a")
+    assert json.loads(end)["type"] == "done"
+
+
+def test_end_all_gives_every_stream_its_last_message() -> None:
+    table = StreamTable(4)
+    table.receive(generate("open"))
+    table.receive(generate("ended"))
+    done = table.finish("ended", DONE_RESULT)  # encoded, not yet sent
+    shutdown = APIError(503, "shutting down", type="server_error", code="cancelled")
+    first, second = table.end_all(shutdown)
+    assert json.loads(first)["id"] == "open"
+    assert json.loads(first)["error"]["code"] == "cancelled"
+    assert second == done
+    assert table.clear() == ("open", "ended")
+
+
+def test_release_of_a_free_id_is_harmless() -> None:
+    table = StreamTable(4)
+    table.release("never")
+    table.receive(generate("a"))
+    table.clear()
+    table.release("a")
+    assert len(table) == 0
 
 
 def test_clear() -> None:
