@@ -70,8 +70,9 @@ async def respond_error(
 async def messages(app: App, exchange: Exchange) -> None:
     """``POST /v1/messages``."""
     try:
-        request = parse_messages_request(
-            await exchange.body(), max_messages=app.config.max_messages
+        limit = app.config.max_messages
+        request = await app.bodies.parse(
+            exchange, lambda body: parse_messages_request(body, max_messages=limit)
         )
     except APIError as refused:
         await respond_error(exchange, refused)

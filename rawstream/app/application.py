@@ -50,6 +50,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from rawstream.app import anthropic_api, openai_api, responses_api, ws_api
+from rawstream.app.bodies import BodyParser
 from rawstream.app.generations import Generations
 from rawstream.app.metrics import CONTENT_TYPE, Metrics
 from rawstream.config import Config
@@ -143,6 +144,8 @@ class App:
         self.metrics = Metrics(self.server, self.engine)
         self.auth = Authenticator.from_config(config)
         self.router = Router(ROUTES)
+        #: Request bodies, read and parsed (large ones one per turn of the loop).
+        self.bodies = BodyParser()
         #: The browser policy; it names the bound port, so :meth:`start` builds it.
         self.origins: OriginPolicy | None = None
         self.generations = Generations(self)

@@ -222,8 +222,10 @@ class Generations:
     # ------------------------------------------------------------------ endpoints
     async def create(self, exchange: Exchange, identity: Identity) -> None:
         """``POST /v1/generations``."""
-        raw = await exchange.body()
-        request = parse_chat_completion(raw, max_messages=self.config.max_messages)
+        limit = self.config.max_messages
+        request = await self.app.bodies.parse(
+            exchange, lambda body: parse_chat_completion(body, max_messages=limit)
+        )
         refusal = self._unwatched_refusal(identity)
         if refusal is not None:
             await respond_error(exchange, *refusal)

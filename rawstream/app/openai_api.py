@@ -90,7 +90,7 @@ async def completions(app: App, exchange: Exchange) -> None:
 async def _completion(
     app: App, exchange: Exchange, parse: Callable[[bytes], CompletionRequest]
 ) -> None:
-    request = parse(await exchange.body())  # APIError -> 400, in App.handle
+    request = await app.bodies.parse(exchange, parse)  # APIError -> 400, in App.handle
     try:
         gen = await Generation.submit(app.engine, app.metrics, request.generation)
     except EngineError as exc:

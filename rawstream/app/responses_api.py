@@ -55,8 +55,9 @@ SHUTTING_DOWN = APIError(
 
 async def responses(app: App, exchange: Exchange) -> None:
     """``POST /v1/responses``."""
-    request = parse_response_request(
-        await exchange.body(), max_messages=app.config.max_messages
+    limit = app.config.max_messages
+    request = await app.bodies.parse(
+        exchange, lambda body: parse_response_request(body, max_messages=limit)
     )  # APIError -> 400, in App.handle
     try:
         gen = await Generation.submit(app.engine, app.metrics, request.generation)
