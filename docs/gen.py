@@ -77,7 +77,10 @@ SHUTDOWN_EDGES: dict[tuple[ShutdownPhase, ShutdownPhase], str] = {
 
 WS_STREAM_EDGES: dict[tuple[StreamState, StreamState], str] = {
     (StreamState.LIVE, StreamState.CANCELLING): "client sends cancel (StreamTable.receive)",
-    (StreamState.LIVE, StreamState.ENDED): "done or error sent (finish, fail)",
+    (
+        StreamState.LIVE,
+        StreamState.ENDED,
+    ): "done or error encoded (finish, fail); the id is freed once it is sent (release)",
     (StreamState.CANCELLING, StreamState.ENDED): "done with finish_reason cancelled (finish)",
 }
 

@@ -22,14 +22,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rawstream"
 KNOWN: list[frozenset[str]] = [
     frozenset(
         {
-            "rawstream.app.application",
-            "rawstream.app.generations",
-            "rawstream.app.openai_api",
-            "rawstream.app.ws_api",
-        }
-    ),
-    frozenset(
-        {
             "rawstream.server.connection",
             "rawstream.server.exchange",
             "rawstream.server.server",

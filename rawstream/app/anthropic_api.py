@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
 
 from rawstream.app.generation import Generation
 from rawstream.app.openai_api import engine_error
+from rawstream.app.services import Services
 from rawstream.engine.base import EngineError
 from rawstream.sansio.anthropic import (
     MessageEncoder,
@@ -47,9 +47,6 @@ from rawstream.sansio.anthropic import (
 )
 from rawstream.sansio.openai import APIError, error_for_result
 from rawstream.server.exchange import Exchange
-
-if TYPE_CHECKING:
-    from rawstream.app.application import App
 
 #: The last event of a stream cut by shutdown.
 SHUTDOWN_ERROR = error_event(
@@ -67,7 +64,7 @@ async def respond_error(
     await exchange.respond(error_status(error), error_body(error), headers)
 
 
-async def messages(app: App, exchange: Exchange) -> None:
+async def messages(app: Services, exchange: Exchange) -> None:
     """``POST /v1/messages``."""
     try:
         limit = app.config.max_messages
@@ -90,7 +87,9 @@ async def messages(app: App, exchange: Exchange) -> None:
             await _whole(app, exchange, request, gen)
 
 
-async def _whole(app: App, exchange: Exchange, request: MessagesRequest, gen: Generation) -> None:
+async def _whole(
+    app: Services, exchange: Exchange, request: MessagesRequest, gen: Generation
+) -> None:
     text = "".join([delta.text async for delta in gen])
     result = gen.result
     assert result is not None
@@ -109,7 +108,9 @@ async def _whole(app: App, exchange: Exchange, request: MessagesRequest, gen: Ge
     await exchange.respond(200, body)
 
 
-async def _stream(app: App, exchange: Exchange, request: MessagesRequest, gen: Generation) -> None:
+async def _stream(
+    app: Services, exchange: Exchange, request: MessagesRequest, gen: Generation
+) -> None:
     encoder = MessageEncoder(
         id=message_id(os.urandom(12)),
         model=app.engine.model_name,

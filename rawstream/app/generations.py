@@ -75,13 +75,13 @@ from typing import TYPE_CHECKING
 
 from rawstream.app.generation import Generation
 from rawstream.app.openai_api import engine_error, respond_error
+from rawstream.app.services import Services
 from rawstream.engine.base import EngineError, FinishReason, Result
 from rawstream.sansio.auth import Identity
 from rawstream.sansio.openai import APIError, error_for_result, parse_chat_completion, usage_json
 from rawstream.server.exchange import Exchange
 
 if TYPE_CHECKING:
-    from rawstream.app.application import App
     from rawstream.server.sse import SSEStream
 
 log = logging.getLogger("rawstream")
@@ -207,7 +207,7 @@ def expired_event(message: str) -> bytes:
 class Generations:
     """The registry of resumable generations (bounds in the module docstring)."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Services) -> None:
         self.app = app
         self.config = app.config
         self.logs: dict[str, GenerationLog] = {}

@@ -25,9 +25,9 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from rawstream.app.generation import Generation
+from rawstream.app.services import Services
 from rawstream.engine.base import EngineError, Overloaded
 from rawstream.sansio.openai import (
     APIError,
@@ -43,9 +43,6 @@ from rawstream.sansio.openai import (
     text_completion_body,
 )
 from rawstream.server.exchange import Exchange
-
-if TYPE_CHECKING:
-    from rawstream.app.application import App
 
 #: The last event of a stream cut by shutdown.
 SHUTDOWN_ERROR = APIError(
@@ -71,24 +68,24 @@ def engine_error(exc: EngineError) -> tuple[APIError, float | None]:
     return APIError.from_engine_error(exc), retry
 
 
-async def models(app: App, exchange: Exchange) -> None:
+async def models(app: Services, exchange: Exchange) -> None:
     """``GET /v1/models``: the loaded model."""
     await exchange.respond(200, models_body([app.engine.model_name], created=app.started_at))
 
 
-async def chat_completions(app: App, exchange: Exchange) -> None:
+async def chat_completions(app: Services, exchange: Exchange) -> None:
     """``POST /v1/chat/completions``."""
     limit = app.config.max_messages
     await _completion(app, exchange, lambda body: parse_chat_completion(body, max_messages=limit))
 
 
-async def completions(app: App, exchange: Exchange) -> None:
+async def completions(app: Services, exchange: Exchange) -> None:
     """``POST /v1/completions``."""
     await _completion(app, exchange, parse_completion)
 
 
 async def _completion(
-    app: App, exchange: Exchange, parse: Callable[[bytes], CompletionRequest]
+    app: Services, exchange: Exchange, parse: Callable[[bytes], CompletionRequest]
 ) -> None:
     request = await app.bodies.parse(exchange, parse)  # APIError -> 400, in App.handle
     try:
@@ -104,7 +101,9 @@ async def _completion(
             await _whole(app, exchange, request, gen)
 
 
-async def _whole(app: App, exchange: Exchange, request: CompletionRequest, gen: Generation) -> None:
+async def _whole(
+    app: Services, exchange: Exchange, request: CompletionRequest, gen: Generation
+) -> None:
     parts = [delta.text async for delta in gen]
     result = gen.result
     assert result is not None
@@ -125,7 +124,7 @@ async def _whole(app: App, exchange: Exchange, request: CompletionRequest, gen: 
 
 
 async def _stream(
-    app: App, exchange: Exchange, request: CompletionRequest, gen: Generation
+    app: Services, exchange: Exchange, request: CompletionRequest, gen: Generation
 ) -> None:
     encoder = ChunkEncoder(
         request.kind,

@@ -26,10 +26,10 @@ import asyncio
 import contextlib
 import os
 import time
-from typing import TYPE_CHECKING
 
 from rawstream.app.generation import Generation
 from rawstream.app.openai_api import engine_error, respond_error
+from rawstream.app.services import Services
 from rawstream.engine.base import EngineError
 from rawstream.sansio.openai import APIError, error_for_result
 from rawstream.sansio.responses import (
@@ -44,16 +44,13 @@ from rawstream.sansio.responses import (
 from rawstream.server.exchange import Exchange
 from rawstream.server.sse import SSEStream
 
-if TYPE_CHECKING:
-    from rawstream.app.application import App
-
 #: Why a stream cut by shutdown failed.
 SHUTTING_DOWN = APIError(
     503, "the server is shutting down", type="server_error", code="shutting_down"
 )
 
 
-async def responses(app: App, exchange: Exchange) -> None:
+async def responses(app: Services, exchange: Exchange) -> None:
     """``POST /v1/responses``."""
     limit = app.config.max_messages
     request = await app.bodies.parse(

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from rawstream.app.generation import Generation
 from rawstream.app.openai_api import engine_error
+from rawstream.app.services import Services
 from rawstream.engine.base import EngineError
 from rawstream.sansio.openai import APIError
 from rawstream.sansio.upgrade import offered_subprotocols
@@ -49,13 +49,10 @@ from rawstream.server.errors import WebSocketClosed
 from rawstream.server.exchange import Exchange
 from rawstream.server.websocket import WebSocket
 
-if TYPE_CHECKING:
-    from rawstream.app.application import App
-
 log = logging.getLogger("rawstream")
 
 
-async def websocket(app: App, exchange: Exchange) -> None:
+async def websocket(app: Services, exchange: Exchange) -> None:
     """Accept the upgrade and serve the multiplexing protocol until the socket closes."""
     offered = offered_subprotocols(exchange.request)
     ws = await exchange.accept_websocket(subprotocol=choose_subprotocol(offered))
@@ -69,7 +66,7 @@ async def websocket(app: App, exchange: Exchange) -> None:
 class _Session:
     """The live streams of one WebSocket connection."""
 
-    def __init__(self, app: App, ws: WebSocket) -> None:
+    def __init__(self, app: Services, ws: WebSocket) -> None:
         self.app = app
         self.ws = ws
         self.table = StreamTable.from_config(app.config)

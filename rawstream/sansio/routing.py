@@ -67,7 +67,9 @@ class Router:
 
     def match(self, method: str, path: str) -> Match | NoMatch:
         """Find the route for ``method`` and ``path``."""
-        parts = tuple(path.strip("/").split("/")) if path != "/" else ("",)
+        # Exact: "/v1/models/" has an empty last segment and "//health" an empty
+        # first one, so neither matches "/v1/models" or "/health" (no folding).
+        parts = tuple(path[1:].split("/")) if path.startswith("/") else (path,)
         allowed: list[str] = []
         for route in self.routes:
             params = route.match_path(parts)

@@ -764,7 +764,9 @@ class HTTPConnection(asyncio.Protocol):
             self.trace.state("half-closed; discarding input until the client closes")
         transport.write_eof()
         if self.flow is not None:
-            self.flow.resume_reading(ReadPause.BODY | ReadPause.PIPELINE | ReadPause.WS_BACKLOG)
+            self.flow.resume_reading(
+                ReadPause.BODY | ReadPause.PIPELINE | ReadPause.WS_BACKLOG | ReadPause.WRITE_BACKLOG
+            )
         self._set_deadline(Deadline.LINGER, LINGER_TIMEOUT)
 
     def abort(self) -> None:

@@ -374,9 +374,6 @@ class WebSocket:
         self._count_close(code)
         if self._ws.state is ConnectionState.OPEN:
             self._send(CloseConnection(code=code, reason=reason))
-        if self.conn.flow is not None:
-            # The lingering close below must read (and drop) what still arrives.
-            self.conn.flow.resume_reading(ReadPause.WRITE_BACKLOG)
         # Frames may still be arriving behind the bad one; closing with them unread
         # would send RST, which can destroy our Close frame before the peer reads it.
         self.conn.close_lingering()

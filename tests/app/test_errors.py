@@ -179,8 +179,8 @@ async def test_keep_alive_survives_an_error(fake_app: FakeAppFactory) -> None:
         try:
             bad = b"{nope"
             writer.write(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json"
-                b"\r\ncontent-length: %d\r\n\r\n%s" % (len(bad), bad)
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(bad), bad)
             )
             head = await read_response_head(reader, TIMEOUT)
             assert head.startswith(b"HTTP/1.1 400 ")
