@@ -35,6 +35,7 @@ from rawstream.sansio.values import (
     GenerationRequest,
     Result,
     Timings,
+    TokenLogprob,
     Usage,
 )
 

@@ -24,6 +24,7 @@ __all__ = [
     "GenerationRequest",
     "Result",
     "Timings",
+    "TokenLogprob",
     "Usage",
 ]
 
@@ -66,6 +67,9 @@ class GenerationRequest:
     frequency_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    #: Log-probabilities: ``None`` for none; ``N`` (0 to 20) for the chosen token's
+    #: and those of the ``N`` most likely tokens at each position.
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -73,11 +77,28 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its log-probability (natural log, <= 0).
+
+    ``text`` is the token's piece decoded as UTF-8 with replacement (a token may
+    hold part of a character); ``piece`` is its exact bytes. ``top`` holds the most
+    likely tokens at that position, most likely first, when they were asked for.
+    """
+
+    text: str
+    piece: bytes
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
-    """New text of a stream and the number of tokens it came from."""
+    """New text of a stream, the number of tokens it came from, and their
+    log-probabilities when the request asked for them (one per token)."""
 
     text: str
     tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
