@@ -178,6 +178,11 @@ class Config:
     replay_buffer_events: int = _opt(
         4096, "Events a resumable generation keeps for Last-Event-ID replay.", minimum=1
     )
+    max_finished_generations: int = _opt(
+        1024,
+        "Finished resumable generations kept for late viewers; past it the oldest is freed.",
+        minimum=1,
+    )
     unwatched_timeout: float = _opt(
         10.0,
         "A running resumable generation that nobody watches is cancelled after this.",

@@ -49,10 +49,10 @@ Bounds (everything this module holds):
 
 * ``logs``: the running generations, at most what the engine admits
   (``--parallel`` + ``--max-queue``; each holds an engine stream), plus the finished
-  ones, at most :data:`MAX_FINISHED`; the oldest finished one is freed first.
+  ones, at most ``--max-finished-generations``; the oldest finished one is freed first.
 * each log: ``--replay-buffer-events`` events. A viewer that falls further behind
   than that ends with ``event: error`` (code ``events_expired``, no ``id``).
-* ``_finished``: the ids of the finished logs, so at most :data:`MAX_FINISHED`; an
+* ``_finished``: the ids of the finished logs, so at most ``--max-finished-generations``; an
   expired log leaves it at once.
 * ``_pending``: one count per caller with a ``POST`` awaiting the engine, deleted
   at zero; each counted request holds a connection (``--max-connections``).
@@ -86,8 +86,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rawstream")
 
-#: Finished generations kept for late viewers, at most (the oldest go first).
-MAX_FINISHED = 1024
 #: The longest ``Last-Event-ID`` accepted: ids count events, 19 digits hold any int64.
 MAX_ID_DIGITS = 19
 _EVENT_ID = re.compile(f"[0-9]{{1,{MAX_ID_DIGITS}}}")
@@ -369,7 +367,7 @@ class Generations:
         if entry.freed.is_set():
             return  # forgotten while running (shutdown)
         self._finished[entry.id] = None
-        while len(self._finished) > MAX_FINISHED:
+        while len(self._finished) > self.config.max_finished_generations:
             self._forget(next(iter(self._finished)))
         if not entry.viewers:
             self._arm(entry, self.config.resume_window)

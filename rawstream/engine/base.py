@@ -226,6 +226,7 @@ __all__ = [
     "Overloaded",
     "Result",
     "Timings",
+    "TokenLogprob",
     "Usage",
     "check_max_tokens",
     "check_prompt_length",

@@ -563,6 +563,9 @@ class HTTPConnection(asyncio.Protocol):
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
             *(headers or []),
+            # The CORS headers the app chose for this request (an allowed page
+            # must be able to read a 413 or 408 too, not see a network error).
+            *(self.exchange.extra_headers if self.exchange is not None else ()),
         ]
         try:
             self.send(h11.Response(status_code=status, headers=all_headers, reason=reason(status)))

@@ -175,15 +175,23 @@ class Exchange:
         """Send a complete response with ``Content-Length``.
 
         For ``HEAD`` the headers are those of the ``GET`` response and no body is
-        sent (RFC 9110 section 9.3.2; h11 enforces it).
+        sent (RFC 9110 section 9.3.2; h11 enforces it). A ``204`` has neither body
+        nor body headers: RFC 9110 section 8.6, "A server MUST NOT send a
+        Content-Length header field in any response with a status code of 1xx
+        (Informational) or 204 (No Content)."
         """
         if self.response_started:
             raise RuntimeError("a response was already sent")
-        all_headers = [
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-            *self._response_headers(headers),
-        ]
+        if status == 204:
+            if body:
+                raise ValueError("a 204 response has no body")
+            all_headers = self._response_headers(headers)
+        else:
+            all_headers = [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *self._response_headers(headers),
+            ]
         assert self.conn.flow is not None
         await self.conn.flow.wait_writable()
         self.status = status

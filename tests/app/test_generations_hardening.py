@@ -20,7 +20,6 @@ import httpx
 import httpx_sse
 import pytest
 
-from rawstream.app import generations as generations_module
 from rawstream.app.generations import GenerationLog
 from rawstream.engine.base import FinishReason
 from rawstream.sansio.sse import ServerSentEvent, SSEParser
@@ -318,11 +317,8 @@ async def test_finished_generations_are_freed_and_leave_nothing_behind(
         assert not generations._pending
 
 
-async def test_finished_generations_kept_are_capped(
-    fake_app: FakeAppFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(generations_module, "MAX_FINISHED", 2)
-    async with fake_app() as running, client_for(running) as client:
+async def test_finished_generations_kept_are_capped(fake_app: FakeAppFactory) -> None:
+    async with fake_app(max_finished_generations=2) as running, client_for(running) as client:
         ids = []
         for _ in range(3):
             ids.append(await create(client, max_tokens=2))

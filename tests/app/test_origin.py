@@ -268,6 +268,8 @@ async def test_preflight_from_an_allowed_origin(fake_app: FakeAppFactory) -> Non
         assert int(h["access-control-max-age"]) > 0
         assert "origin" in h["vary"].split(", ")
         assert response.content == b""
+        # RFC 9110 section 8.6: no Content-Length (nor a type) on a 204.
+        assert "content-length" not in h and "content-type" not in h
         assert running.engine.requests == []
 
 
@@ -365,3 +367,27 @@ async def test_a_bad_allow_origin_stops_start_up_before_listening() -> None:
         await app.start()
     assert app.server._server is None
     await app.close()
+
+
+async def test_an_error_the_connection_answers_carries_cors_headers(
+    fake_app: FakeAppFactory,
+) -> None:
+    """A 413 sent by the connection itself (the body grew past the limit while it was
+    read) reaches a page of an allowed origin as a readable response. The client
+    waits for ``100 Continue``, which the handler sends after the policy check."""
+    async with fake_app(allow_origin=(FRONT_END,), max_body_bytes=1024) as running:
+        reader, writer = await open_raw(running.port)
+        try:
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Origin: " + FRONT_END.encode() + b"\r\nContent-Type: application/json\r\n"
+                b"Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            interim = await read_response_head(reader, TIMEOUT)
+            assert interim.startswith(b"HTTP/1.1 100 "), interim
+            writer.write(b"800\r\n" + b"x" * 2048 + b"\r\n")
+            head = await read_response_head(reader, TIMEOUT)
+        finally:
+            writer.close()
+        assert head.startswith(b"HTTP/1.1 413 "), head
+        assert b"access-control-allow-origin: " + FRONT_END.encode() in head.lower()
