@@ -17,6 +17,12 @@ decode steps (llama.cpp's own server tokenises in its HTTP threads the same way)
 Every ctypes call into ``libllama`` releases the GIL while it runs; ``llama_decode``
 is where the time goes, so the event loop keeps running while a step decodes.
 
+Log-probabilities (:meth:`LlamaBackend.logprobs`) are read from the logits of the
+last decode, for the streams that asked for them only: a view of llama.cpp's own
+array (no copy), a log-softmax, and the top-N by a partial sort (:func:`top_logprobs`).
+They describe the model's raw distribution, before any sampler (temperature,
+penalties, top-k/top-p/min-p) reshapes it, as OpenAI reports them.
+
 Special tokens: :meth:`tokenize` parses special-token text (``<|im_start|>``) into
 control tokens by default, which is right for the chat template's own text and for
 a raw completion prompt, whose author writes the whole prompt. Chat message content
@@ -27,6 +33,7 @@ never produce a control token (see :mod:`rawstream.engine.chat`).
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -36,12 +43,22 @@ from typing import Any
 import llama_cpp
 import llama_cpp._logger
 import llama_cpp.llama_cpp as lib
+import numpy as np
+import numpy.typing as npt
 
-from rawstream.engine.base import GenerationRequest
+from rawstream.engine.base import GenerationRequest, TokenLogprob
 from rawstream.engine.chat import ChatTemplate, NoChatTemplate, PromptPart
 from rawstream.engine.sampling import build_sampler_chain
 
-__all__ = ["LlamaBackend", "llama_cpp_version"]
+__all__ = ["LOGPROB_FLOOR", "LlamaBackend", "llama_cpp_version", "top_logprobs"]
+
+#: The log-probability reported for a token the model rules out (``-inf`` is not
+#: JSON); OpenAI writes the same value.
+LOGPROB_FLOOR = -9999.0
+#: :func:`top_logprobs` looks for a threshold in every ``_SAMPLE_STRIDE``-th logit.
+_SAMPLE_STRIDE = 64
+
+Logits = npt.NDArray[np.float32]
 
 # llama.cpp logs every tensor at load time; keep errors only.
 llama_cpp._logger.set_verbose(False)
@@ -53,6 +70,63 @@ _backend_lock = threading.Lock()
 def llama_cpp_version() -> str:
     """The version of llama-cpp-python in use."""
     return str(llama_cpp.__version__)
+
+
+def top_logprobs(
+    logits: Logits, token: int, top: int, scratch: Logits | None = None
+) -> tuple[float, list[tuple[int, float]]]:
+    """The log-probability of ``token`` and the ``top`` most likely tokens, with theirs.
+
+    ``logits`` are one output row of the model (any length ``n``); ``scratch``, if
+    given, an array of the same shape this may overwrite (it saves an allocation).
+    The log-softmax is ``logit - (max + log(sum(exp(logit - max))))``: subtracting
+    the maximum keeps every ``exp`` in (0, 1], and the sum is taken in float64.
+    The most likely tokens come most likely first, ties in token order (the order
+    llama.cpp's greedy sampler breaks them in). Values that are not finite (a
+    token the model masks out) are reported as :data:`LOGPROB_FLOOR`.
+    """
+    n = logits.shape[0]
+    peak = float(logits.max())
+    shifted = np.subtract(logits, np.float32(peak), out=scratch)
+    np.exp(shifted, out=shifted)
+    norm = peak + math.log(float(shifted.sum(dtype=np.float64)))
+    chosen = _finite(float(logits[token]) - norm)
+    if top <= 0:
+        return chosen, []
+    ids = _top_ids(logits, min(top, n))
+    return chosen, [(int(i), _finite(float(logits[i]) - norm)) for i in ids]
+
+
+def _top_ids(logits: Logits, k: int) -> npt.NDArray[np.intp]:
+    """The indices of the ``k`` largest logits, largest first, ties in index order.
+
+    A full ``argpartition`` of 49,152 logits takes about 0.4 ms. The k-th largest
+    of a strided sample is a lower bound of the k-th largest of all (the sample's
+    top k are k logits at least that large), so the logits at or above it contain
+    the top k and are usually a few hundred: selecting among those costs a tenth.
+    Ties at the k-th value are broken by index too, so the answer is exact.
+    """
+    sample = logits[::_SAMPLE_STRIDE]
+    if len(sample) > k:
+        bound = np.partition(sample, len(sample) - k)[len(sample) - k]
+        candidates = np.flatnonzero(logits >= bound)  # ascending
+    else:
+        candidates = np.arange(logits.shape[0])
+    values = logits[candidates]
+    if len(candidates) > k:
+        kth = np.partition(values, len(values) - k)[len(values) - k]
+        above = values > kth
+        tied = np.flatnonzero(values == kth)[: k - int(above.sum())]
+        keep = np.flatnonzero(above)
+        chosen = np.concatenate((keep, tied))
+        candidates, values = candidates[chosen], values[chosen]
+    order = np.lexsort((candidates, -values))
+    result: npt.NDArray[np.intp] = candidates[order]
+    return result
+
+
+def _finite(logprob: float) -> float:
+    return logprob if math.isfinite(logprob) else LOGPROB_FLOOR
 
 
 def _init_backend() -> None:
@@ -87,6 +161,8 @@ class LlamaBackend:
         self.add_bos: bool = bool(lib.llama_vocab_get_add_bos(self._vocab))
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._texts: dict[int, tuple[str, bytes]] = {}  # token -> (text, piece)
+        self._scratch: Logits = np.empty(self.n_vocab, dtype=np.float32)
         self._closed = False
         #: Held by a tokenisation in progress (any thread) and by :meth:`close`, so
         #: that the vocabulary is never freed under a reader.
@@ -240,6 +316,33 @@ class LlamaBackend:
     def sample(self, chain: Any, index: int) -> int:
         """Sample (and accept) a token from output ``index`` of the last decode."""
         return int(lib.llama_sampler_sample(chain, self._ctx, index))
+
+    def logprobs(self, index: int, token: int, top: int) -> TokenLogprob:
+        """``token``'s log-probability at output ``index`` of the last decode, and
+        the ``top`` most likely tokens' there (:func:`top_logprobs`).
+
+        Read between the decode and the next one: llama.cpp reuses the array.
+        Sampling does not change it (the samplers work on a copy), so this gives
+        the model's raw distribution whatever the request's sampling parameters.
+        """
+        ptr = lib.llama_get_logits_ith(self._ctx, index)
+        if not ptr:
+            raise RuntimeError(f"llama.cpp has no logits for output {index}")
+        logits: Logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        chosen, alternatives = top_logprobs(logits, token, top, self._scratch)
+        return self._token_logprob(
+            token, chosen, tuple(self._token_logprob(t, lp) for t, lp in alternatives)
+        )
+
+    def _token_logprob(
+        self, token: int, logprob: float, top: tuple[TokenLogprob, ...] = ()
+    ) -> TokenLogprob:
+        """A :class:`TokenLogprob` for ``token``; its text is decoded once per token."""
+        text = self._texts.get(token)
+        if text is None:
+            piece = self.piece(token)
+            text = self._texts[token] = (piece.decode("utf-8", "replace"), piece)
+        return TokenLogprob(text[0], text[1], logprob, top)
 
     # --- the batch (owner thread) -------------------------------------------------
 

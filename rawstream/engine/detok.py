@@ -15,7 +15,9 @@ cuts the output exactly before the stop string that was complete first: the outp
 is what a character-by-character check would give, whatever the token boundaries.
 
 :class:`Detokenizer` chains the two and counts tokens, so that every piece of text
-it releases carries the number of tokens it came from.
+it releases carries the number of tokens it came from, and, when the request asked
+for them, those tokens' log-probabilities: a token whose text is held back is
+released with the text, and one swallowed by a stop string is dropped with it.
 
 Everything here is pure and synchronous: no model, no threads, no clock.
 """
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass
+
+from rawstream.engine.base import TokenLogprob
 
 
 class Utf8Decoder:
@@ -112,10 +116,14 @@ class StopMatcher:
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """Text released by :class:`Detokenizer` and the tokens it accounts for."""
+    """Text released by :class:`Detokenizer` and the tokens it accounts for.
+
+    ``logprobs`` holds one entry per token when they were fed with one, else none.
+    """
 
     text: str
     tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class Detokenizer:
@@ -124,30 +132,36 @@ class Detokenizer:
     Tokens whose text is still held back (half a character, or a possible start of
     a stop string) are counted into the next piece that is released, so the token
     counts of all pieces add up to the tokens fed, except for tokens whose text was
-    cut by a stop string or by the end of generation.
+    cut by a stop string or by the end of generation. Log-probabilities follow the
+    same rule: a piece carries those of exactly the tokens it counts.
+
+    A token that a stop string cuts in the middle (``"ok.\\n"`` with the stop
+    ``"\\n"``) counts in the piece that releases its first part, so its text reaches
+    past the piece's; a token wholly inside the stop string is dropped.
     """
 
-    __slots__ = ("_stops", "_unreleased", "_utf8")
+    __slots__ = ("_logprobs", "_stops", "_unreleased", "_utf8")
 
     def __init__(self, stops: tuple[str, ...] = ()) -> None:
         self._utf8 = Utf8Decoder()
         self._stops = StopMatcher(stops)
         self._unreleased = 0
+        self._logprobs: list[TokenLogprob] = []
 
     @property
     def stopped(self) -> bool:
         """Whether a stop string has completed; no more text will be released."""
         return self._stops.stopped
 
-    def feed(self, data: bytes) -> Piece | None:
-        """Add one token's bytes; return the text it releases, if any."""
+    def feed(self, data: bytes, logprob: TokenLogprob | None = None) -> Piece | None:
+        """Add one token's bytes (and its log-probability); return what it releases."""
         self._unreleased += 1
+        if logprob is not None:
+            self._logprobs.append(logprob)
         text = self._stops.feed(self._utf8.decode(data))
         if not text:
             return None
-        piece = Piece(text, self._unreleased)
-        self._unreleased = 0
-        return piece
+        return self._release(text)
 
     def finish(self) -> Piece | None:
         """End of generation: release held text that did not become a stop string.
@@ -158,6 +172,13 @@ class Detokenizer:
         text = self._stops.flush()
         if not text:
             return None
-        piece = Piece(text, self._unreleased)
+        return self._release(text)
+
+    def _release(self, text: str) -> Piece:
+        if self._logprobs:
+            piece = Piece(text, self._unreleased, tuple(self._logprobs))
+            self._logprobs.clear()
+        else:
+            piece = Piece(text, self._unreleased)
         self._unreleased = 0
         return piece

@@ -25,6 +25,13 @@ prompt): the same request always yields the same text. One word is one token.
 ``max_tokens`` is honoured exactly (finish reason ``length``); without it a stream
 ends after :data:`DEFAULT_MAX_TOKENS` tokens with ``stop``, as if the model had
 emitted its end token. Stop strings are cut exactly, as in the real engine.
+
+Log-probabilities, when a request asks for them, come from a fixed distribution
+over the 64 words (:data:`RANK_LOGPROBS`, Zipf-like, most likely first): at each
+position the generator's state ranks the chosen word among the four most likely
+(``state`` bits 54-55) and the other words after it in vocabulary order, so the
+alternatives are deterministic, sorted, and hold the chosen word with its own
+log-probability whenever it ranks among them (:mod:`rawstream.engine.fake_logprobs`).
 """
 
 from __future__ import annotations
@@ -49,14 +56,16 @@ from rawstream.engine.base import (
     NotReady,
     Result,
     Timings,
+    TokenLogprob,
     Usage,
     check_max_tokens,
     check_prompt_length,
 )
-from rawstream.engine.detok import StopMatcher
+from rawstream.engine.detok import Detokenizer, StopMatcher
+from rawstream.engine.fake_logprobs import RANK_LOGPROBS, word_logprob
 from rawstream.engine.stream import EngineStream
 
-__all__ = ["DEFAULT_MAX_TOKENS", "WORDS", "FakeEngine"]
+__all__ = ["DEFAULT_MAX_TOKENS", "RANK_LOGPROBS", "WORDS", "FakeEngine"]
 
 #: Tokens a fake stream produces when the request sets no ``max_tokens``.
 DEFAULT_MAX_TOKENS = 64
@@ -91,6 +100,8 @@ class _FakeJob:
     first_token_at: float = 0.0
     generated: int = 0
     unreleased: int = 0  #: tokens whose text a stop string still holds back
+    top: int | None = None  #: the request's ``logprobs``
+    detok: Detokenizer | None = None  #: with logprobs: stop strings, token by token
 
 
 class FakeEngine(Engine):
@@ -177,6 +188,8 @@ class FakeEngine(Engine):
             stops=StopMatcher(request.stop) if any(request.stop) else None,
             state=seed & _MASK64,
             submitted_at=time.perf_counter(),
+            top=request.logprobs,
+            detok=Detokenizer(request.stop) if request.logprobs is not None else None,
         )
         self._prompt_tokens += prompt_tokens
         if len(self._active) < self.slots:
@@ -234,6 +247,13 @@ class FakeEngine(Engine):
             k = min(n, room, job.limit - job.generated)
             if job.generated == 0:
                 job.first_token_at = now
+            if job.detok is not None:
+                produced += self._step_with_logprobs(job, k)
+                if job.detok.stopped:
+                    ended.append((job, FinishReason.STOP))
+                elif job.generated >= job.limit:
+                    ended.append((job, job.limit_reason))
+                continue
             text = self._words(job, k)
             job.generated += k
             produced += k
@@ -256,6 +276,11 @@ class FakeEngine(Engine):
         self._batch_tokens += produced
         self._completion_tokens += produced
         for job, reason in ended:
+            if job.detok is not None and not job.detok.stopped:
+                piece = job.detok.finish()
+                if piece is not None:
+                    job.stream.flow.sent += piece.tokens
+                    job.stream.push(piece.text, piece.tokens, piece.logprobs)
             if job.stops is not None and not job.stops.stopped:
                 rest = job.stops.flush()
                 if rest:
@@ -264,6 +289,38 @@ class FakeEngine(Engine):
             self._end(job, reason, now)
         if ended:
             self._admit_waiting()
+
+    @staticmethod
+    def _step_with_logprobs(job: _FakeJob, k: int) -> int:
+        """Produce ``k`` tokens with their logprobs, through the job's detokenizer.
+
+        Token by token, as the real engine does, so that held text keeps its
+        logprobs and a stop string drops the tokens it swallows. Returns the
+        tokens produced (fewer than ``k`` when a stop string ends the stream).
+        """
+        detok = job.detok
+        assert detok is not None and job.top is not None
+        state = job.state
+        texts: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        tokens = used = 0
+        for i in range(job.generated, job.generated + k):
+            state = (state * _LCG_MUL + _LCG_INC) & _MASK64  # as in _words
+            logprob = word_logprob(state, i, job.top, WORDS)
+            used += 1
+            piece = detok.feed(logprob.piece, logprob)
+            if piece is not None:
+                texts.append(piece.text)
+                logprobs += piece.logprobs
+                tokens += piece.tokens
+            if detok.stopped:
+                break
+        job.state = state
+        job.generated += used
+        if texts:
+            job.stream.flow.sent += tokens
+            job.stream.push("".join(texts), tokens, tuple(logprobs))
+        return used
 
     @staticmethod
     def _words(job: _FakeJob, k: int) -> str:

@@ -10,7 +10,8 @@ One thread owns the model's context and runs this loop (:meth:`Scheduler.run`)::
         prompt chunks of jobs still reading their prompt, <= PREFILL_CHUNK in all
     if the batch is empty: sleep on the condition until submit/cancel/drain/stop
     llama_decode(batch)                                    (GIL released)
-    sample each job that got logits; detokenise; check stop strings and limits
+    sample each job that got logits (and read its logprobs, if it asked for them);
+    detokenise; check stop strings and limits
     free the slots of finished jobs                        -> ended
     hand the step's report to the event loop with ONE call_soon_threadsafe
     (cancelled jobs are reported before the decode, in a hop of their own)
@@ -44,6 +45,13 @@ left out of the batch (it "sits out" the step) while the others carry on; readin
 calls :meth:`Scheduler.wake`. When every job sits out and nothing else is waiting
 the thread sleeps: it never polls.
 
+Log-probabilities: a job whose request sets ``logprobs`` has them computed from
+the logits of its output right after its token is sampled, before the next decode
+overwrites them (:meth:`LlamaBackend.logprobs`); other jobs never touch the
+logits. They go through the job's :class:`Detokenizer` with the token, so they are
+released with its text, and reach the stream ahead of that text in the same hop
+to the loop (:attr:`StepReport.logprobs`).
+
 Lost wake-ups are avoided with a ``dirty`` flag that :meth:`submit`, :meth:`cancel`,
 :meth:`wake` and :meth:`stop` set under the lock. The thread clears it under the lock
 *before* it looks at the jobs, and only sleeps if it is still clear afterwards.
@@ -60,8 +68,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rawstream.engine.base import FinishReason, GenerationRequest, Result, Timings, Usage
-from rawstream.engine.detok import Detokenizer
+from rawstream.engine.base import (
+    FinishReason,
+    GenerationRequest,
+    Result,
+    Timings,
+    TokenLogprob,
+    Usage,
+)
+from rawstream.engine.detok import Detokenizer, Piece
 from rawstream.engine.stream import EngineStream
 
 if TYPE_CHECKING:  # the backend imports llama_cpp; the engine loads it in start()
@@ -130,12 +145,18 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 @dataclass(slots=True)
 class StepReport:
-    """What one scheduler step changed, for the event loop to apply in one go."""
+    """What one scheduler step changed, for the event loop to apply in one go.
+
+    ``logprobs`` are those of the tokens of ``texts``, per stream, for the streams
+    that asked for them; :class:`Scheduler` hands them to their streams
+    (:meth:`EngineStream.push_logprobs`) just before ``on_report`` runs.
+    """
 
     step: int  #: decode steps completed when the report was made
     started: list[tuple[EngineStream, int]] = field(default_factory=list)
     texts: list[tuple[EngineStream, str, int]] = field(default_factory=list)
     ended: list[tuple[EngineStream, Result, int]] = field(default_factory=list)
+    logprobs: list[tuple[EngineStream, tuple[TokenLogprob, ...]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.started or self.texts or self.ended)
@@ -381,7 +402,7 @@ class Scheduler:
             if job.out_index < 0:
                 continue
             token = backend.sample(job.sampler, job.out_index)
-            job.out_index = -1
+            index, job.out_index = job.out_index, -1
             if job.first_token_at is None:
                 job.first_token_at = now
             if backend.is_end_of_generation(token):
@@ -391,10 +412,11 @@ class Scheduler:
             job.last_token = token
             job.output.append(token)
             self.completion_tokens += 1
-            piece = job.detok.feed(backend.piece(token))
+            top = job.request.logprobs
+            logprob = None if top is None else backend.logprobs(index, token, top)
+            piece = job.detok.feed(backend.piece(token), logprob)
             if piece is not None:
-                job.stream.flow.sent += piece.tokens
-                report.texts.append((job.stream, piece.text, piece.tokens))
+                self._hand_over(job, piece, report)
             if job.detok.stopped:
                 finished.append((job, FinishReason.STOP))
             elif job.generated == job.max_tokens or job.n_past >= backend.ctx_per_slot:
@@ -403,11 +425,18 @@ class Scheduler:
             if not job.detok.stopped:
                 piece = job.detok.finish()
                 if piece is not None:
-                    job.stream.flow.sent += piece.tokens
-                    report.texts.append((job.stream, piece.text, piece.tokens))
+                    self._hand_over(job, piece, report)
             result = Result(reason, self._usage(job), self._timings(job, now))
             self._end(backend, job)
             report.ended.append((job.stream, result, self.steps))
+
+    @staticmethod
+    def _hand_over(job: Job, piece: Piece, report: StepReport) -> None:
+        """Count ``piece`` as sent and put it (and its logprobs) in the report."""
+        job.stream.flow.sent += piece.tokens
+        report.texts.append((job.stream, piece.text, piece.tokens))
+        if piece.logprobs:
+            report.logprobs.append((job.stream, piece.logprobs))
 
     def _cancel(self, backend: LlamaBackend, job: Job, now: float, report: StepReport) -> None:
         if job.done:
@@ -493,8 +522,20 @@ class Scheduler:
         )
 
     def _deliver(self, report: StepReport) -> None:
-        if report:
+        if report.logprobs:
+            self._post(self._apply_with_logprobs, report)
+        elif report:
             self._post(self._on_report, report)
+
+    def _apply_with_logprobs(self, report: StepReport) -> None:
+        """On the loop: give the streams their logprobs, then the rest of the report.
+
+        One callback, so no reader runs in between: each stream's next delta gets
+        the logprobs together with the text that ``on_report`` pushes.
+        """
+        for stream, logprobs in report.logprobs:
+            stream.push_logprobs(logprobs)
+        self._on_report(report)
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         # RuntimeError: the event loop is closed; nobody is listening any more.

@@ -20,6 +20,8 @@ stream look paused a little longer, never lets the buffer grow past its bound.
 
 Whatever is waiting when the consumer reads comes back merged into one
 :class:`~rawstream.engine.base.Delta`: a slow consumer gets fewer, larger deltas.
+Their log-probabilities, for a request that asked for them, are concatenated in
+the same order, so a delta always holds one per token it accounts for.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
-from rawstream.engine.base import Delta, FinishReason, GenerationStream, Result
+from rawstream.engine.base import Delta, FinishReason, GenerationStream, Result, TokenLogprob
 
 __all__ = ["EngineStream", "FlowControl"]
 
@@ -90,6 +92,7 @@ class EngineStream(GenerationStream):
         self._on_drain = on_drain
         self._texts: list[str] = []
         self._tokens = 0
+        self._logprobs: list[TokenLogprob] = []
         self._result: Result | None = None
         self._discard = False
         self._waiter: asyncio.Future[None] | None = None
@@ -102,8 +105,11 @@ class EngineStream(GenerationStream):
 
     # --- producer side (event loop thread) -------------------------------------
 
-    def push(self, text: str, tokens: int) -> None:
-        """Append generated text; ``tokens`` were already added to ``flow.sent``."""
+    def push(self, text: str, tokens: int, logprobs: tuple[TokenLogprob, ...] = ()) -> None:
+        """Append generated text; ``tokens`` were already added to ``flow.sent``.
+
+        ``logprobs`` are those of the ``tokens``, when the request asked for them.
+        """
         if self._result is not None:
             return
         if self._discard or self.cancel_requested_at is not None:
@@ -111,7 +117,18 @@ class EngineStream(GenerationStream):
             return
         self._texts.append(text)
         self._tokens += tokens
+        if logprobs:
+            self._logprobs += logprobs
         self._wake()
+
+    def push_logprobs(self, logprobs: tuple[TokenLogprob, ...]) -> None:
+        """Add the log-probabilities of text that the next :meth:`push` brings.
+
+        For a producer that hands over text and log-probabilities separately, in
+        the same turn of the loop, log-probabilities first.
+        """
+        if self._result is None and not self._discard and self.cancel_requested_at is None:
+            self._logprobs += logprobs
 
     def mark_started(self, step: int) -> None:
         """Record that the stream got a slot after ``step`` engine steps."""
@@ -128,6 +145,7 @@ class EngineStream(GenerationStream):
         if result.finish_reason is FinishReason.CANCELLED:
             self._texts.clear()
             self._tokens = 0
+            self._logprobs.clear()
         if self._started is not None:
             self._started.set()
         self._wake()
@@ -150,6 +168,7 @@ class EngineStream(GenerationStream):
         self._consumed(self._tokens)
         self._texts.clear()
         self._tokens = 0
+        self._logprobs.clear()
         self._on_cancel(self)
 
     async def wait_started(self) -> None:
@@ -171,6 +190,10 @@ class EngineStream(GenerationStream):
                 self._texts.clear()
                 self._tokens = 0
                 self._consumed(tokens)
+                if self._logprobs:
+                    logprobs = tuple(self._logprobs)
+                    self._logprobs.clear()
+                    return Delta(text, tokens, logprobs)
                 return Delta(text, tokens)
             if self._result is not None:
                 raise StopAsyncIteration
@@ -185,6 +208,7 @@ class EngineStream(GenerationStream):
         self._consumed(self._tokens)
         self._texts.clear()
         self._tokens = 0
+        self._logprobs.clear()
         while self._result is None:
             waiter = self._waiter = self._loop.create_future()
             try:
