@@ -26,6 +26,9 @@ Validation rules (what OpenAI documents, checked strictly):
   user, assistant, tool, and developer (OpenAI's newer name for system, mapped to
   system). ``content`` is a string, a list of ``{"type": "text", "text": ...}`` parts
   (joined with LF, as vLLM does), or ``null`` (an assistant turn with no text).
+- Log-probabilities: chat ``logprobs`` is a boolean and ``top_logprobs`` an integer
+  0..20 allowed only with ``"logprobs": true``; completions ``logprobs`` is an
+  integer 0..5 (OpenAI's legacy format). See :mod:`rawstream.sansio.logprobs`.
 - Extensions that llama.cpp servers accept and the engine supports: ``top_k`` (>= 0),
   ``min_p`` (0..1), ``repeat_penalty`` (> 0).
 - Fields this server does not know (``user``, ``logit_bias``, ``tools``...) are
@@ -59,11 +62,25 @@ import enum
 import json
 import math
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
-from rawstream.sansio.values import ChatMessage, FinishReason, GenerationRequest, Result, Usage
+from rawstream.sansio.logprobs import (
+    MAX_COMPLETION_LOGPROBS,
+    MAX_TOP_LOGPROBS,
+    TextOffsets,
+    chat_logprobs,
+    completion_logprobs,
+)
+from rawstream.sansio.values import (
+    ChatMessage,
+    FinishReason,
+    GenerationRequest,
+    Result,
+    TokenLogprob,
+    Usage,
+)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGES",
@@ -325,6 +342,7 @@ def _request(
         frequency_penalty=_number(fields, "frequency_penalty", 0.0, -2.0, 2.0),
         seed=_int(fields, "seed", None, minimum=-(2**63), maximum=2**64 - 1),
         stop=_stop(fields.get("stop")),
+        logprobs=_logprobs(kind, fields),
     )
     return CompletionRequest(
         kind=kind,
@@ -407,6 +425,25 @@ def _stop(value: object) -> tuple[str, ...]:
             _invalid("stop", "stop sequences must not be empty")
         _text("stop" if one else f"stop[{i}]", item)
     return tuple(value)
+
+
+def _logprobs(kind: Kind, fields: Mapping[str, Any]) -> int | None:
+    """:attr:`GenerationRequest.logprobs` from OpenAI's fields of ``kind``.
+
+    Chat: "``top_logprobs``: An integer between 0 and 20 [...] ``logprobs`` must be
+    set to ``true`` if this parameter is used." Completions: "``logprobs``: Include
+    the log probabilities on the ``logprobs`` most likely output tokens [...] The
+    maximum value for ``logprobs`` is 5."
+    """
+    top: int | None
+    if kind is Kind.TEXT:
+        top = _int(fields, "logprobs", None, minimum=0, maximum=MAX_COMPLETION_LOGPROBS)
+        return top
+    on = _bool(fields, "logprobs", False)
+    top = _int(fields, "top_logprobs", None, minimum=0, maximum=MAX_TOP_LOGPROBS)
+    if top is not None and not on:
+        _invalid("top_logprobs", "top_logprobs may only be set when logprobs is true")
+    return (top or 0) if on else None
 
 
 def _messages(value: object, max_messages: int) -> tuple[ChatMessage, ...]:
@@ -510,8 +547,19 @@ def _finish_reason(result: Result) -> str:
     return str(result.finish_reason)
 
 
-def chat_completion_body(*, id: str, created: int, model: str, text: str, result: Result) -> bytes:
-    """A non-streaming ``chat.completion`` body; ``result`` must have finished."""
+def chat_completion_body(
+    *,
+    id: str,
+    created: int,
+    model: str,
+    text: str,
+    result: Result,
+    logprobs: Sequence[TokenLogprob] | None = None,
+) -> bytes:
+    """A non-streaming ``chat.completion`` body; ``result`` must have finished.
+
+    ``logprobs``: those of every token, when the request asked for them.
+    """
     return _dumps(
         {
             "id": id,
@@ -522,7 +570,7 @@ def chat_completion_body(*, id: str, created: int, model: str, text: str, result
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
+                    "logprobs": None if logprobs is None else chat_logprobs(logprobs),
                     "finish_reason": _finish_reason(result),
                 }
             ],
@@ -531,8 +579,19 @@ def chat_completion_body(*, id: str, created: int, model: str, text: str, result
     )
 
 
-def text_completion_body(*, id: str, created: int, model: str, text: str, result: Result) -> bytes:
-    """A non-streaming ``text_completion`` body; ``result`` must have finished."""
+def text_completion_body(
+    *,
+    id: str,
+    created: int,
+    model: str,
+    text: str,
+    result: Result,
+    logprobs: Sequence[TokenLogprob] | None = None,
+) -> bytes:
+    """A non-streaming ``text_completion`` body; ``result`` must have finished.
+
+    ``logprobs``: those of every token, when the request asked for them.
+    """
     return _dumps(
         {
             "id": id,
@@ -543,7 +602,7 @@ def text_completion_body(*, id: str, created: int, model: str, text: str, result
                 {
                     "text": text,
                     "index": 0,
-                    "logprobs": None,
+                    "logprobs": None if logprobs is None else completion_logprobs(logprobs),
                     "finish_reason": _finish_reason(result),
                 }
             ],
@@ -581,10 +640,20 @@ class ChunkEncoder:
     ``{"role": "assistant", "content": ""}``. Text completion chunks are
     ``text_completion`` objects with a ``text`` field. With ``include_usage`` every
     chunk carries ``"usage": null`` and a last chunk with empty ``choices`` carries
-    the usage, as OpenAI does.
+    the usage, as OpenAI does. A delta given log-probabilities carries them in
+    ``logprobs``, written through ``json.dumps`` of the whole chunk (the
+    precomposed path is for deltas without).
     """
 
-    __slots__ = ("_done", "_include_usage", "_prefix", "_suffix", "_template", "kind")
+    __slots__ = (
+        "_done",
+        "_include_usage",
+        "_offsets",
+        "_prefix",
+        "_suffix",
+        "_template",
+        "kind",
+    )
 
     def __init__(
         self, kind: Kind, *, id: str, created: int, model: str, include_usage: bool = False
@@ -592,6 +661,7 @@ class ChunkEncoder:
         self.kind = kind
         self._include_usage = include_usage
         self._done = False
+        self._offsets: TextOffsets | None = None  # text_offset, across the chunks
         self._template: dict[str, Any] = {
             "id": id,
             "object": "chat.completion.chunk" if kind is Kind.CHAT else "text_completion",
@@ -637,11 +707,27 @@ class ChunkEncoder:
         chunk["choices"][0]["delta"] = {"role": "assistant", "content": ""}
         return self._event(chunk)
 
-    def delta(self, text: str) -> bytes:
-        """One content event (the hot path: one ``json.dumps`` of the text)."""
+    def delta(self, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+        """One content event (the hot path: one ``json.dumps`` of the text).
+
+        ``logprobs``, one per token of ``text`` when the request asked for them,
+        go in the chunk's ``logprobs`` (:mod:`rawstream.sansio.logprobs`).
+        """
         if self._done:
             raise ValueError("the stream has already ended")
+        if logprobs:
+            return self._delta_with_logprobs(text, logprobs)
         return self._prefix + json.dumps(text).encode() + self._suffix
+
+    def _delta_with_logprobs(self, text: str, logprobs: Sequence[TokenLogprob]) -> bytes:
+        chunk = self._chunk(text, None)
+        if self.kind is Kind.CHAT:
+            chunk["choices"][0]["logprobs"] = chat_logprobs(logprobs)
+        else:
+            if self._offsets is None:
+                self._offsets = TextOffsets()
+            chunk["choices"][0]["logprobs"] = completion_logprobs(logprobs, self._offsets)
+        return self._event(chunk)
 
     def finish(self, result: Result) -> bytes:
         """The end of the stream for ``result``.
