@@ -104,7 +104,7 @@ async def _completion(
 async def _whole(
     app: Services, exchange: Exchange, request: CompletionRequest, gen: Generation
 ) -> None:
-    parts = [delta.text async for delta in gen]
+    deltas = [delta async for delta in gen]
     result = gen.result
     assert result is not None
     exchange.log_extra["tokens"] = result.usage.completion_tokens
@@ -117,8 +117,11 @@ async def _whole(
         id=completion_id(request.kind, os.urandom(12)),
         created=int(time.time()),
         model=app.engine.model_name,
-        text="".join(parts),
+        text="".join([delta.text for delta in deltas]),
         result=result,
+        logprobs=None
+        if request.generation.logprobs is None
+        else [token for delta in deltas for token in delta.logprobs],
     )
     await exchange.respond(200, body)
 
@@ -140,7 +143,7 @@ async def _stream(
     tokens = 0
     async for delta in gen:
         tokens += delta.tokens
-        await sse.send(encoder.delta(delta.text))
+        await sse.send(encoder.delta(delta.text, delta.logprobs))
     exchange.log_extra["tokens"] = tokens
     result = gen.result
     assert result is not None
