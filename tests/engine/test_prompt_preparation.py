@@ -122,7 +122,9 @@ async def test_a_huge_chat_is_prepared_without_stalling_the_loop(
     )
     assert refused.value.code == "context_length_exceeded"
     assert str(refused.value).startswith("the prompt is ")
-    assert probe.p99 < 0.25  # the loop itself rendered it before: seconds
+    # Generous for a shared machine (the figure is printed): when the loop itself
+    # rendered the template, it stalled for seconds.
+    assert probe.p99 < 1.0
     assert during >= 2  # the running stream kept producing
     running.cancel()
     async with asyncio.timeout(TIMEOUT):
