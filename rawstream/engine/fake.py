@@ -26,6 +26,12 @@ prompt): the same request always yields the same text. One word is one token.
 ends after :data:`DEFAULT_MAX_TOKENS` tokens with ``stop``, as if the model had
 emitted its end token. Stop strings are cut exactly, as in the real engine.
 
+A reply the request constrains (``response_format``, a forced tool call) is instead
+the smallest instance of its schema as JSON, in word-sized tokens
+(:func:`~rawstream.sansio.tools.minimal_reply`), ending with ``stop`` as a grammar
+would end it; ``tool_choice: auto`` with tools is refused as by a chat template
+without tool support.
+
 Log-probabilities, when a request asks for them, come from a fixed distribution
 over the 64 words (:data:`RANK_LOGPROBS`, Zipf-like, most likely first): at each
 position the generator's state ranks the chosen word among the four most likely
@@ -61,9 +67,11 @@ from rawstream.engine.base import (
     check_max_tokens,
     check_prompt_length,
 )
+from rawstream.engine.chat import check_tool_choice
 from rawstream.engine.detok import Detokenizer, StopMatcher
 from rawstream.engine.fake_logprobs import RANK_LOGPROBS, word_logprob
 from rawstream.engine.stream import EngineStream
+from rawstream.sansio.tools import minimal_reply
 
 __all__ = ["DEFAULT_MAX_TOKENS", "RANK_LOGPROBS", "WORDS", "FakeEngine"]
 
@@ -102,6 +110,7 @@ class _FakeJob:
     unreleased: int = 0  #: tokens whose text a stop string still holds back
     top: int | None = None  #: the request's ``logprobs``
     detok: Detokenizer | None = None  #: with logprobs: stop strings, token by token
+    script: tuple[str, ...] | None = None  #: a constrained reply's tokens (minimal_reply)
 
 
 class FakeEngine(Engine):
@@ -162,6 +171,7 @@ class FakeEngine(Engine):
             text = request.prompt
         prompt_tokens = len(text.split()) + 1 if text else 0
         try:
+            check_tool_choice(request, supports_tools=False)  # no template: as the bundled one
             check_prompt_length(prompt_tokens, self.ctx_per_slot)
         except InvalidRequest:
             self._admission.refund()
@@ -173,6 +183,8 @@ class FakeEngine(Engine):
             limit, reason = request.max_tokens, FinishReason.LENGTH
         if limit > room:
             limit, reason = room, FinishReason.LENGTH
+        if (script := minimal_reply(request)) is not None and len(script) <= limit:
+            limit, reason = len(script), FinishReason.STOP  # the grammar would end it there
         seed = request.seed if request.seed is not None else zlib.crc32(text.encode())
         stream = EngineStream(
             next(self._ids),
@@ -190,6 +202,7 @@ class FakeEngine(Engine):
             submitted_at=time.perf_counter(),
             top=request.logprobs,
             detok=Detokenizer(request.stop) if request.logprobs is not None else None,
+            script=script,
         )
         self._prompt_tokens += prompt_tokens
         if len(self._active) < self.slots:
@@ -324,6 +337,8 @@ class FakeEngine(Engine):
 
     @staticmethod
     def _words(job: _FakeJob, k: int) -> str:
+        if job.script is not None:
+            return "".join(job.script[job.generated : job.generated + k])
         state = job.state
         words = WORDS
         parts = []

@@ -19,6 +19,15 @@ templates and tokenises prompts. Its own work on the loop is small and bounded:
 - a stream's ``cancel()`` and a drained buffer go to the scheduler through its
   lock-protected inbox and wake the thread if it sleeps.
 
+Structured output and tool calls (docs/structured-output.md) are prepared there
+too: the preparation thread renders the tools into the prompt
+(:mod:`rawstream.engine.chat`), turns what the reply must be into a grammar and has
+llama.cpp parse it (:mod:`rawstream.engine.grammar`), so a schema that cannot be
+enforced is an :class:`InvalidRequest` (400) before any decoding. ``tool_choice:
+"auto"`` with tools needs a chat template that supports tools; with one that does
+not (the bundled model's), it is refused, pointing at ``required`` and a named
+function, which work with any template because a grammar writes the call.
+
 Why a thread of its own for preparation: a chat of 30,000 tiny messages (1 MiB)
 takes a few hundred milliseconds to render and tokenise. On the loop that froze
 every connection; on the scheduler thread it would hold the GIL between decode
@@ -42,8 +51,9 @@ import functools
 import itertools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rawstream.config import Config
 from rawstream.engine.admission import Admission
@@ -58,13 +68,19 @@ from rawstream.engine.base import (
     check_max_tokens,
     check_prompt_length,
 )
-from rawstream.engine.chat import ChatTemplate, NoChatTemplate
+from rawstream.engine.chat import ChatTemplate, NoChatTemplate, check_tool_choice
 from rawstream.engine.detok import Detokenizer
 from rawstream.engine.model import DEFAULT_MODEL_FILE, resolve_model
 from rawstream.engine.scheduler import PREFILL_CHUNK, Job, Scheduler, StepReport
 from rawstream.engine.stream import EngineStream
 
+if TYPE_CHECKING:  # both import llama_cpp; the engine loads them in start()
+    from rawstream.engine.grammar import GrammarBackend
+
 __all__ = ["LlamaEngine"]
+
+#: What preparation makes of a request: its prompt tokens and its grammar.
+_Prepared = tuple[list[int], str | None]
 
 log = logging.getLogger("rawstream.engine")
 
@@ -92,6 +108,7 @@ class LlamaEngine(Engine):
         self._ids = itertools.count(1)
         self._started = False
         self._scheduler: Scheduler | None = None
+        self._backend: GrammarBackend | None = None  # the scheduler's, once loaded
         self._template: ChatTemplate | NoChatTemplate = NoChatTemplate()
         self._jobs: dict[int, Job] = {}  # by stream id, until the stream ends
         self._stopped: asyncio.Future[None] | None = None
@@ -122,7 +139,7 @@ class LlamaEngine(Engine):
         try:
             self.model_path = await asyncio.to_thread(resolve_model, self.config.model)
             # importing llama_cpp loads its shared libraries: do it here, not at import
-            from rawstream.engine.backend import LlamaBackend
+            from rawstream.engine.grammar import GrammarBackend
         except Exception as exc:
             self._fail(exc)
             return
@@ -132,14 +149,16 @@ class LlamaEngine(Engine):
         ready: asyncio.Future[BaseException | None] = loop.create_future()
         self._stopped = loop.create_future()
 
-        def load() -> LlamaBackend:
-            return LlamaBackend.load(
+        def load() -> GrammarBackend:
+            backend = GrammarBackend.load(
                 path,
                 slots=self.slots,
                 ctx_per_slot=self.ctx_per_slot,
                 threads=self.config.threads,
                 n_batch=PREFILL_CHUNK + self.slots,
             )
+            assert isinstance(backend, GrammarBackend)  # load() builds its own class
+            return backend
 
         def on_ready(error: BaseException | None) -> None:
             if not ready.done():
@@ -165,9 +184,10 @@ class LlamaEngine(Engine):
         if error is not None:
             self._fail(error)
             return
-        assert self._scheduler.backend is not None
+        assert isinstance(self._scheduler.backend, GrammarBackend)
+        self._backend = self._scheduler.backend
         try:
-            self._template = self._scheduler.backend.chat_template()
+            self._template = self._backend.chat_template()
         except InvalidRequest as exc:  # a template that does not compile
             self._template = NoChatTemplate()
             self.error = exc
@@ -205,7 +225,7 @@ class LlamaEngine(Engine):
         check_max_tokens(request)
         self._admission.admit()
         try:
-            prompt = await self._prepare(request)
+            prompt, grammar = await self._prepare(request)
             self._check_ready()  # close() may have begun meanwhile
             check_prompt_length(len(prompt), self.ctx_per_slot)
         except asyncio.CancelledError:
@@ -223,6 +243,8 @@ class LlamaEngine(Engine):
             on_cancel=self._on_cancel,
             on_drain=self._on_drain,
         )
+        if grammar != request.grammar:
+            request = replace(request, grammar=grammar)
         job = Job(
             stream=stream,
             request=request,
@@ -239,8 +261,8 @@ class LlamaEngine(Engine):
         if self._state is not EngineState.READY or self._scheduler is None or self._closing:
             raise NotReady("engine is closing" if self._closing else f"engine is {self._state}")
 
-    async def _prepare(self, request: GenerationRequest) -> list[int]:
-        """The prompt tokens of ``request``, computed on the preparation thread.
+    async def _prepare(self, request: GenerationRequest) -> _Prepared:
+        """The prompt tokens and the grammar of ``request``, from the preparation thread.
 
         The caller holds an admission place and gives it back if this raises. If
         the caller is cancelled instead (its client left), the place is given back
@@ -249,10 +271,10 @@ class LlamaEngine(Engine):
         :class:`Admission`, however often clients come and go.
         """
         loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[list[int]] = loop.create_future()
+        outcome: asyncio.Future[_Prepared] = loop.create_future()
         prep = _Preparation(request)
 
-        def settle(work: concurrent.futures.Future[list[int]]) -> None:  # on the loop
+        def settle(work: concurrent.futures.Future[_Prepared]) -> None:
             if outcome.cancelled():  # abandoned by the caller
                 if not prep.refunded:
                     prep.refunded = True
@@ -264,7 +286,7 @@ class LlamaEngine(Engine):
             else:
                 outcome.set_result(work.result())
 
-        def done(work: concurrent.futures.Future[list[int]]) -> None:  # any thread
+        def done(work: concurrent.futures.Future[_Prepared]) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(settle, work)
 
@@ -282,13 +304,21 @@ class LlamaEngine(Engine):
                 self._admission.refund()
             raise
 
-    def _prepare_now(self, prep: _Preparation) -> list[int]:
-        """Render and tokenise (on the preparation thread); see :meth:`_tokenize`."""
+    def _prepare_now(self, prep: _Preparation) -> _Prepared:
+        """Render and tokenise, then build and check the grammar (on the preparation
+        thread); see :meth:`_tokenize` and :meth:`GrammarBackend.prepare_grammar`."""
         if self._closing:
             raise NotReady("engine is closing")
         if prep.abandoned:
             raise NotReady("the request was abandoned")
-        return self._tokenize(prep.request, prep)
+        request = prep.request
+        if request.tools:
+            check_tool_choice(request, self._template.supports_tools)
+        prompt = self._tokenize(request, prep)
+        if prep.abandoned:
+            raise NotReady("the request was abandoned")
+        assert self._backend is not None
+        return prompt, self._backend.prepare_grammar(request)
 
     def _tokenize(self, request: GenerationRequest, prep: _Preparation | None = None) -> list[int]:
         """The prompt tokens of ``request`` (any thread; it only reads the vocabulary).
@@ -302,7 +332,12 @@ class LlamaEngine(Engine):
         assert self._scheduler is not None and self._scheduler.backend is not None
         backend = self._scheduler.backend
         if request.messages is not None:
-            parts = self._template.render_parts(request.messages)
+            if request.tools:
+                parts = self._template.render_parts(
+                    request.messages, tools=request.tools, tool_choice=request.tool_choice
+                )
+            else:  # tool messages and calls still need a template without tool support
+                parts = self._template.render_parts(request.messages)
             if prep is not None and prep.abandoned:
                 raise NotReady("the request was abandoned")
             return backend.tokenize_parts(parts)

@@ -8,6 +8,10 @@ every name here as part of the engine interface.
 
 - :class:`GenerationRequest`: what to generate (chat messages or a prompt) and how
   to sample it; :class:`ChatMessage` one message of a chat.
+- What the output must be (docs/structured-output.md): :class:`JsonFormat` (one
+  JSON object, of a schema or any), the :class:`Tool` functions a model may call
+  and the :class:`ToolChoice`; :class:`ToolCall` is one call, in an assistant
+  message of the chat or as the reply.
 - :class:`Delta`: new text of a stream; :class:`Result`: how it ended, with its
   :class:`FinishReason`, :class:`Usage` and :class:`Timings`.
 """
@@ -22,9 +26,14 @@ __all__ = [
     "Delta",
     "FinishReason",
     "GenerationRequest",
+    "JsonFormat",
     "Result",
     "Timings",
     "TokenLogprob",
+    "Tool",
+    "ToolCall",
+    "ToolChoice",
+    "ToolMode",
     "Usage",
 ]
 
@@ -39,11 +48,74 @@ class FinishReason(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One call of a function: its ``id``, the function's ``name`` and its
+    ``arguments`` as JSON text (an object), the way OpenAI carries them."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One message of a chat; ``role`` is system, user, assistant or tool."""
+    """One message of a chat; ``role`` is system, user, assistant or tool.
+
+    An assistant message may carry the ``tool_calls`` it made; a tool message
+    answers the call ``tool_call_id`` with its result as ``content``.
+    """
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JsonFormat:
+    """The reply must be one JSON object: an instance of ``schema`` (JSON Schema,
+    as JSON text, whose root is an object), or any object when ``schema`` is None.
+    ``name`` is the schema's name (OpenAI's ``json_schema.name``)."""
+
+    schema: str | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call: ``parameters`` is the JSON Schema of its
+    arguments (JSON text, an object schema)."""
+
+    name: str
+    parameters: str = '{"type":"object","properties":{}}'
+    description: str = ""
+
+
+class ToolMode(enum.StrEnum):
+    """Whether the model calls a tool (OpenAI's ``tool_choice`` values)."""
+
+    NONE = "none"  #: never: the tools are ignored, the reply is text
+    AUTO = "auto"  #: the model decides
+    REQUIRED = "required"  #: it calls one of the tools
+    FUNCTION = "function"  #: it calls the function :attr:`ToolChoice.name`
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """OpenAI's ``tool_choice``: a :class:`ToolMode`, and the function's name for
+    :attr:`ToolMode.FUNCTION`."""
+
+    mode: ToolMode = ToolMode.AUTO
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mode is ToolMode.FUNCTION) != (self.name is not None):
+            raise ValueError("a name goes with mode FUNCTION, and only with it")
+
+    @property
+    def forced(self) -> bool:
+        """Whether the reply must be a call (``required`` or a named function)."""
+        return self.mode in (ToolMode.REQUIRED, ToolMode.FUNCTION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +142,21 @@ class GenerationRequest:
     #: Log-probabilities: ``None`` for none; ``N`` (0 to 20) for the chosen token's
     #: and those of the ``N`` most likely tokens at each position.
     logprobs: int | None = None
+    #: The reply must be JSON (OpenAI's ``response_format``); ``None``: free text.
+    json_format: JsonFormat | None = None
+    #: Functions the model may call; the engine describes them in the prompt.
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    #: A GBNF grammar (root rule ``root``) the reply must match, from its first
+    #: token to its end. The llama engine sets it from ``json_format`` and the tool
+    #: choice while it prepares the prompt; a caller of the engine may set it too.
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("set exactly one of messages and prompt")
+        if self.tool_choice.forced and not self.tools:
+            raise ValueError("a forced tool choice needs tools")
 
 
 @dataclass(frozen=True, slots=True)
