@@ -22,6 +22,7 @@ from rawstream.config import Config
 from rawstream.engine import (
     ChatMessage,
     Delta,
+    EngineState,
     EngineStream,
     FinishReason,
     GenerationRequest,
@@ -32,6 +33,7 @@ from rawstream.engine.backend import LOGPROB_FLOOR, top_logprobs
 from rawstream.engine.base import TokenLogprob
 from rawstream.engine.detok import Detokenizer
 from rawstream.engine.fake import RANK_LOGPROBS, WORDS, FakeEngine
+from rawstream.engine.llama import LlamaEngine
 
 TIMEOUT = 60.0
 
@@ -310,7 +312,9 @@ async def test_fake_stop_string_drops_the_tokens_it_swallows(fake: FakeEngine) -
     words = text.split(" ")
     stop = " " + words[5]  # stop at the sixth word: the first five remain
     assert WORDS.index(words[5]) >= 0 and stop not in " ".join(words[:5])
-    got, result = await deltas(fake, GenerationRequest(prompt="x", seed=3, stop=(stop,), logprobs=1))
+    got, result = await deltas(
+        fake, GenerationRequest(prompt="x", seed=3, stop=(stop,), logprobs=1)
+    )
     assert result.finish_reason is FinishReason.STOP
     content = "".join(d.text for d in got)
     tokens = [t for d in got for t in d.logprobs]
@@ -324,3 +328,117 @@ async def test_fake_stop_string_drops_the_tokens_it_swallows(fake: FakeEngine) -
 def chat(question: str, **kw: object) -> GenerationRequest:
     messages = (ChatMessage("user", question),)
     return GenerationRequest(messages=messages, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[LlamaEngine]:
+    # One llama.cpp thread: on a shared, busy machine, spinning workers slow every step.
+    engine = LlamaEngine(Config(parallel=2, ctx_per_slot=1024, max_queue=4, threads=1))
+    await engine.start()
+    assert engine.state is EngineState.READY, engine.error
+    yield engine
+    await engine.close()
+
+
+def count_logprob_reads(engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the ``top`` of every :meth:`LlamaBackend.logprobs` call of ``engine``."""
+    scheduler = engine._scheduler
+    assert scheduler is not None and scheduler.backend is not None
+    backend = scheduler.backend
+    calls: list[int] = []
+    real = backend.logprobs
+
+    def spy(index: int, token: int, top: int) -> TokenLogprob:
+        calls.append(top)
+        return real(index, token, top)
+
+    monkeypatch.setattr(backend, "logprobs", spy)
+    return calls
+
+
+async def read(engine: LlamaEngine, request: GenerationRequest) -> tuple[list[Delta], Result]:
+    s = await engine.submit(request)
+    async with asyncio.timeout(TIMEOUT):
+        got = [d async for d in s]
+    assert s.result is not None
+    return got, s.result
+
+
+@pytest.mark.model
+async def test_greedy_tokens_are_the_most_likely_and_spell_the_text(
+    model: LlamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_logprob_reads(model, monkeypatch)
+    request = chat("Name three colours.", temperature=0.0, max_tokens=24, logprobs=3)
+    plain_request = chat("Say hello.", temperature=0.0, max_tokens=24)
+    (got, result), (plain, plain_result) = await asyncio.gather(
+        read(model, request), read(model, plain_request)
+    )
+    tokens = [t for d in got for t in d.logprobs]
+    assert all(len(d.logprobs) == d.tokens for d in got)
+    assert len(tokens) == result.usage.completion_tokens > 0
+    check_contract_bytes(tokens, 3)
+    for token in tokens:
+        assert (token.top[0].piece, token.top[0].logprob) == (token.piece, token.logprob)
+    assert b"".join(t.piece for t in tokens).decode() == "".join(d.text for d in got)
+    # The stream batched next to it asked for nothing and got nothing, at no cost:
+    assert all(d.logprobs == () for d in plain) and plain_result.usage.completion_tokens > 0
+    assert calls == [3] * len(tokens)
+
+
+def check_contract_bytes(tokens: list[TokenLogprob], top: int) -> None:
+    for token in tokens:
+        assert token.logprob <= 0.0 and math.isfinite(token.logprob)
+        assert len(token.top) == top
+        values = [alt.logprob for alt in token.top]
+        assert values == sorted(values, reverse=True)
+        for alt in token.top:
+            if alt.piece == token.piece:
+                assert alt.logprob == token.logprob
+        assert token.text == token.piece.decode("utf-8", "replace")
+
+
+@pytest.mark.model
+async def test_logprobs_are_the_raw_distribution_whatever_the_sampler(
+    model: LlamaEngine,
+) -> None:
+    """The first position depends on the prompt only: the same logprobs at
+    temperature 0 and at temperature 1.9 with top-k 2 and a strong penalty."""
+    prompt = "The capital of France is"
+    greedy, _ = await read(
+        model, GenerationRequest(prompt=prompt, temperature=0.0, max_tokens=1, logprobs=5)
+    )
+    hot, _ = await read(
+        model,
+        GenerationRequest(
+            prompt=prompt,
+            temperature=1.9,
+            top_k=2,
+            repeat_penalty=1.5,
+            seed=1,
+            max_tokens=1,
+            logprobs=5,
+        ),
+    )
+    first, other = greedy[0].logprobs[0], hot[0].logprobs[0]
+    assert [a.piece for a in first.top] == [a.piece for a in other.top]
+    assert [a.logprob for a in other.top] == pytest.approx([a.logprob for a in first.top], abs=1e-4)
+    assert other.piece in [a.piece for a in first.top[:2]]  # top-k 2 picked one of those
+    assert math.exp(first.top[0].logprob) > 0.05  # a real distribution, not uniform
+
+
+@pytest.mark.model
+async def test_stop_strings_keep_logprobs_one_per_token(model: LlamaEngine) -> None:
+    request = GenerationRequest(
+        prompt="1, 2, 3, 4,", temperature=0.0, max_tokens=40, stop=(" 9",), logprobs=0
+    )
+    got, result = await read(model, request)
+    text = "".join(d.text for d in got)
+    tokens = [t for d in got for t in d.logprobs]
+    assert result.finish_reason is FinishReason.STOP and " 9" not in text
+    assert all(len(d.logprobs) == d.tokens for d in got)
+    assert all(t.top == () for t in tokens)
+    # Only tokens wholly inside the stop string were dropped: the rest spell the text.
+    spelled = b"".join(t.piece for t in tokens).decode()
+    assert spelled.startswith(text) and " 9" not in spelled[: len(text) + 1]
+    assert len(tokens) <= result.usage.completion_tokens
