@@ -1,6 +1,8 @@
 """OpenAI-compatible endpoints: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``.
 
-Request bodies are validated by :mod:`rawstream.sansio.openai`; errors become
+Request bodies are validated by :mod:`rawstream.sansio.openai` (chat bodies with
+:mod:`rawstream.sansio.tools`, which adds ``response_format`` and tools, and writes
+a forced tool call's body and chunks); errors become
 OpenAI's error shape with their status. With ``"stream": true`` the response is
 SSE: the role chunk at once, one chunk per delta (several tokens merged when the
 client reads slower than the model writes), then the finish chunk, the usage chunk
@@ -29,16 +31,15 @@ from collections.abc import Callable
 from rawstream.app.generation import Generation
 from rawstream.app.services import Services
 from rawstream.engine.base import EngineError, Overloaded
+from rawstream.sansio import tools
 from rawstream.sansio.openai import (
     APIError,
-    ChunkEncoder,
     CompletionRequest,
     Kind,
     chat_completion_body,
     completion_id,
     error_for_result,
     models_body,
-    parse_chat_completion,
     parse_completion,
     text_completion_body,
 )
@@ -76,7 +77,9 @@ async def models(app: Services, exchange: Exchange) -> None:
 async def chat_completions(app: Services, exchange: Exchange) -> None:
     """``POST /v1/chat/completions``."""
     limit = app.config.max_messages
-    await _completion(app, exchange, lambda body: parse_chat_completion(body, max_messages=limit))
+    await _completion(
+        app, exchange, lambda body: tools.parse_chat_completion(body, max_messages=limit)
+    )
 
 
 async def completions(app: Services, exchange: Exchange) -> None:
@@ -113,6 +116,7 @@ async def _whole(
         await respond_error(exchange, error)
         return
     body_of = chat_completion_body if request.kind is Kind.CHAT else text_completion_body
+    body_of = tools.body_of(request.generation, body_of)  # a forced tool call's body
     body = body_of(
         id=completion_id(request.kind, os.urandom(12)),
         created=int(time.time()),
@@ -129,8 +133,8 @@ async def _whole(
 async def _stream(
     app: Services, exchange: Exchange, request: CompletionRequest, gen: Generation
 ) -> None:
-    encoder = ChunkEncoder(
-        request.kind,
+    encoder = tools.chunk_encoder(  # ChunkEncoder, or a tool call's
+        request,
         id=completion_id(request.kind, os.urandom(12)),
         created=int(time.time()),
         model=app.engine.model_name,
@@ -143,7 +147,9 @@ async def _stream(
     tokens = 0
     async for delta in gen:
         tokens += delta.tokens
-        await sse.send(encoder.delta(delta.text, delta.logprobs))
+        data = encoder.delta(delta.text, delta.logprobs)
+        if data:  # a tool call's encoder holds text back until the call's name is whole
+            await sse.send(data)
     exchange.log_extra["tokens"] = tokens
     result = gen.result
     assert result is not None

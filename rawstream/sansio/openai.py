@@ -31,8 +31,10 @@ Validation rules (what OpenAI documents, checked strictly):
   integer 0..5 (OpenAI's legacy format). See :mod:`rawstream.sansio.logprobs`.
 - Extensions that llama.cpp servers accept and the engine supports: ``top_k`` (>= 0),
   ``min_p`` (0..1), ``repeat_penalty`` (> 0).
-- Fields this server does not know (``user``, ``logit_bias``, ``tools``...) are
-  ignored, as OpenAI-compatible servers commonly do.
+- Fields this server does not know (``user``, ``logit_bias``...) are ignored, as
+  OpenAI-compatible servers commonly do. ``response_format``, ``tools`` and
+  ``tool_choice`` are read by :mod:`rawstream.sansio.tools`, which the chat
+  endpoint parses with.
 - Every string used (message content and text parts, ``stop``, ``model``,
   ``prompt``) must be Unicode text: JSON can escape a lone UTF-16 surrogate
   (``"\\ud800"``), and ``json.loads`` decodes it (and the UTF-8-style bytes
@@ -182,8 +184,8 @@ class APIError(Exception):
 
     @classmethod
     def from_engine_error(cls, exc: SubmitError) -> APIError:
-        """Translate an error the engine raised at submit."""
-        return cls(exc.status, str(exc), type=exc.type, code=exc.code)
+        """Translate an error the engine raised at submit (its ``param``, if it has one)."""
+        return cls(exc.status, str(exc), exc.type, exc.code, getattr(exc, "param", None))
 
 
 class SubmitError(Protocol):

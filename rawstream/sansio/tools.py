@@ -43,9 +43,10 @@ Validation rules (OpenAI's, where it has them):
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
@@ -53,7 +54,9 @@ from rawstream.sansio.openai import (
     DEFAULT_MAX_MESSAGES,
     DONE,
     APIError,
+    ChunkEncoder,
     CompletionRequest,
+    Kind,
     chat_completion_from_json,
     error_for_result,
     usage_json,
@@ -77,8 +80,10 @@ __all__ = [
     "CallStart",
     "Reply",
     "ToolCallChunkEncoder",
+    "body_of",
     "call_id",
     "call_schema",
+    "chunk_encoder",
     "minimal_instance",
     "minimal_reply",
     "output_schema",
@@ -94,6 +99,8 @@ MAX_TOOLS = 128
 #: underscores and dashes, with a maximum length of 64").
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _COMPACT = (",", ":")
+#: Writes a non-streaming body (the keywords of ``chat_completion_body``).
+BodyWriter = Callable[..., bytes]
 #: Parameters of a function that declares none.
 NO_PARAMETERS = '{"type":"object","properties":{}}'
 
@@ -669,8 +676,37 @@ def _call_json(call: ToolCall) -> dict[str, Any]:
     }
 
 
+def body_of(request: GenerationRequest, default: BodyWriter) -> BodyWriter:
+    """The writer of ``request``'s non-streaming body: :func:`tool_call_body` for a
+    forced call, else ``default`` (e.g. :func:`~rawstream.sansio.openai.chat_completion_body`)."""
+    if reply_kind(request) is Reply.TEXT:
+        return default
+    return functools.partial(tool_call_body, request=request)
+
+
+def chunk_encoder(
+    request: CompletionRequest, *, id: str, created: int, model: str, include_usage: bool = False
+) -> ChunkEncoder | ToolCallChunkEncoder:
+    """The encoder of ``request``'s stream: :class:`ToolCallChunkEncoder` for a forced
+    call, else :class:`~rawstream.sansio.openai.ChunkEncoder`."""
+    if request.kind is Kind.CHAT and reply_kind(request.generation) is not Reply.TEXT:
+        return ToolCallChunkEncoder(
+            request.generation, id=id, created=created, model=model, include_usage=include_usage
+        )
+    return ChunkEncoder(
+        request.kind, id=id, created=created, model=model, include_usage=include_usage
+    )
+
+
 def tool_call_body(
-    *, id: str, created: int, model: str, text: str, result: Result, request: GenerationRequest
+    *,
+    id: str,
+    created: int,
+    model: str,
+    text: str,
+    result: Result,
+    request: GenerationRequest,
+    logprobs: object = None,
 ) -> bytes:
     """A non-streaming ``chat.completion`` whose reply is a forced call.
 
@@ -678,6 +714,7 @@ def tool_call_body(
     id from :func:`call_id`); ``finish_reason`` is ``tool_calls``, or ``length``
     when ``max_tokens`` cut it (the arguments are then incomplete JSON, as
     OpenAI's would be). ``result`` must have finished (:func:`error_for_result`).
+    Log-probabilities, if passed, are not reported for a call (``logprobs: null``).
     """
     kind = reply_kind(request)
     call = decode_call(kind, request.tool_choice.name, text)
