@@ -69,7 +69,7 @@ from rawstream.engine.base import (
 )
 from rawstream.engine.chat import check_tool_choice
 from rawstream.engine.detok import Detokenizer, StopMatcher
-from rawstream.engine.fake_logprobs import RANK_LOGPROBS, word_logprob
+from rawstream.engine.fake_logprobs import RANK_LOGPROBS, scripted_logprob, word_logprob
 from rawstream.engine.stream import EngineStream
 from rawstream.sansio.tools import minimal_reply
 
@@ -319,7 +319,10 @@ class FakeEngine(Engine):
         tokens = used = 0
         for i in range(job.generated, job.generated + k):
             state = (state * _LCG_MUL + _LCG_INC) & _MASK64  # as in _words
-            logprob = word_logprob(state, i, job.top, WORDS)
+            if job.script is None:
+                logprob = word_logprob(state, i, job.top, WORDS)
+            else:  # a constrained reply: its script's tokens, as _words gives them
+                logprob = scripted_logprob(job.script[i], state, i, job.top, WORDS)
             used += 1
             piece = detok.feed(logprob.piece, logprob)
             if piece is not None:

@@ -16,6 +16,10 @@ alternatives are exactly the number asked for, most likely first, and when the
 chosen word is among them it has the same log-probability there. It is the same
 for the same request every time. A token's text is its word with the leading
 space the fake's text puts before every word but the first.
+
+A reply the fake writes from a script (the minimal instance of a schema, as a
+grammar would force it) ranks each scripted token first, the words after it
+(:func:`scripted_logprob`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Sequence
 
 from rawstream.engine.base import TokenLogprob
 
-__all__ = ["RANK_LOGPROBS", "word_logprob"]
+__all__ = ["RANK_LOGPROBS", "scripted_logprob", "word_logprob"]
 
 _VOCABULARY_SIZE = 64
 _WEIGHTS = [1.0 / (rank + 1) for rank in range(_VOCABULARY_SIZE)]
@@ -49,6 +53,21 @@ def word_logprob(state: int, index: int, top: int, words: Sequence[str]) -> Toke
         RANK_LOGPROBS[rank],
         _alternatives(tuple(words), chosen, rank, index == 0, top),
     )
+
+
+def scripted_logprob(
+    text: str, state: int, index: int, top: int, words: Sequence[str]
+) -> TokenLogprob:
+    """The log-probability of ``text``, forced as token ``index`` of a scripted reply.
+
+    ``text`` ranks first; after it come the words that ``state`` ranks most likely
+    (as :func:`word_logprob` ranks them), but for one with the same text.
+    """
+    ranked = _alternatives(tuple(words), state >> 58, 0, index == 0, top)
+    others = [alt for alt in ranked if alt.text != text][: max(top - 1, 0)]
+    chosen = TokenLogprob(text, text.encode(), RANK_LOGPROBS[0])
+    shifted = [TokenLogprob(a.text, a.piece, RANK_LOGPROBS[r + 1]) for r, a in enumerate(others)]
+    return TokenLogprob(text, chosen.piece, chosen.logprob, (chosen, *shifted)[:top])
 
 
 def _text(word: str, index: int) -> str:

@@ -10,9 +10,11 @@ real bundled model's logits; the figures of the cost per token are printed by
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +36,7 @@ from rawstream.engine.base import TokenLogprob
 from rawstream.engine.detok import Detokenizer
 from rawstream.engine.fake import RANK_LOGPROBS, WORDS, FakeEngine
 from rawstream.engine.llama import LlamaEngine
+from rawstream.sansio.values import JsonFormat
 
 TIMEOUT = 60.0
 
@@ -320,6 +323,21 @@ async def test_fake_stop_string_drops_the_tokens_it_swallows(fake: FakeEngine) -
     tokens = [t for d in got for t in d.logprobs]
     assert content == " ".join(words[:5])
     assert "".join(t.text for t in tokens) == content
+
+
+async def test_fake_constrained_reply_keeps_its_text_with_logprobs(fake: FakeEngine) -> None:
+    """A reply the fake writes from a schema is the same text with logprobs asked for,
+    and its tokens spell it."""
+    schema = '{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}'
+    plain = GenerationRequest(prompt="x", json_format=JsonFormat(schema))
+    text = "".join(d.text for d in (await deltas(fake, plain))[0])
+    assert json.loads(text) == {"n": 0}
+    got, result = await deltas(fake, replace(plain, logprobs=2))
+    tokens = [t for d in got for t in d.logprobs]
+    assert "".join(d.text for d in got) == text
+    assert "".join(t.text for t in tokens) == text
+    assert len(tokens) == result.usage.completion_tokens
+    check_contract(tokens, 2)
 
 
 # --- the real model ---------------------------------------------------------------------
