@@ -1,8 +1,8 @@
 """OpenAI-compatible endpoints: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``.
 
 Request bodies are validated by :mod:`rawstream.sansio.openai` (chat bodies with
-:mod:`rawstream.sansio.tools`, which adds ``response_format`` and tools, and writes
-a forced tool call's body and chunks); errors become
+:mod:`rawstream.sansio.tools`, which adds ``response_format`` and tools; replies
+that are tool calls are written by :mod:`rawstream.sansio.tool_calls`); errors become
 OpenAI's error shape with their status. With ``"stream": true`` the response is
 SSE: the role chunk at once, one chunk per delta (several tokens merged when the
 client reads slower than the model writes), then the finish chunk, the usage chunk
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from rawstream.app.generation import Generation
 from rawstream.app.services import Services
 from rawstream.engine.base import EngineError, Overloaded
-from rawstream.sansio import tools
+from rawstream.sansio import tool_calls, tools
 from rawstream.sansio.openai import (
     APIError,
     CompletionRequest,
@@ -116,7 +116,7 @@ async def _whole(
         await respond_error(exchange, error)
         return
     body_of = chat_completion_body if request.kind is Kind.CHAT else text_completion_body
-    body_of = tools.body_of(request.generation, body_of)  # a forced tool call's body
+    body_of = tool_calls.body_of(request.generation, body_of)  # a reply that may be a call
     body = body_of(
         id=completion_id(request.kind, os.urandom(12)),
         created=int(time.time()),
@@ -133,7 +133,7 @@ async def _whole(
 async def _stream(
     app: Services, exchange: Exchange, request: CompletionRequest, gen: Generation
 ) -> None:
-    encoder = tools.chunk_encoder(  # ChunkEncoder, or a tool call's
+    encoder = tool_calls.chunk_encoder(  # ChunkEncoder, or one for calls
         request,
         id=completion_id(request.kind, os.urandom(12)),
         created=int(time.time()),

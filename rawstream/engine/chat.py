@@ -198,7 +198,7 @@ class ChatTemplate:
         # but the engine is also a library: refuse a role that could smuggle a token.
         for role in {message.role for message in messages}:
             self._refuse_special(role)
-        if variables:  # tools and calls are template text too
+        if self.supports_tools:  # it writes tools and calls as its own text
             self._refuse_special(json.dumps(variables, ensure_ascii=False))
             for message in messages:
                 self._refuse_special(json.dumps(_tool_fields(message), ensure_ascii=False))

@@ -1,6 +1,7 @@
-"""Structured output and tool calls in the OpenAI chat API, as values and pure functions.
+"""Structured output and tool calls in the OpenAI chat API: requests, as pure functions.
 
-Three jobs, no I/O (docs/structured-output.md tells the whole story):
+Two jobs, no I/O (docs/structured-output.md tells the whole story; the responses
+are :mod:`rawstream.sansio.tool_calls`):
 
 - **Requests in.** :func:`parse_chat_completion` is
   :func:`rawstream.sansio.openai.parse_chat_completion` plus what it leaves out:
@@ -10,15 +11,10 @@ Three jobs, no I/O (docs/structured-output.md tells the whole story):
   an :class:`~rawstream.sansio.openai.APIError` (400), never ignored.
 - **What the reply must be.** :func:`reply_kind` and :func:`output_schema` say it
   for a request: free text, a JSON object of a schema, a call of one of the tools
-  (``{"name": ..., "arguments": {...}}``) or the arguments of the one function the
-  client named. The engines turn that schema into a grammar (llama) or into
-  :func:`minimal_instance` (the fake engine).
-- **Responses out.** :class:`CallDecoder` reads the engine's text as it streams and
-  says when the call's name is known and which fragments are its arguments;
-  :func:`tool_call_body` and :class:`ToolCallChunkEncoder` write OpenAI's shapes:
-  ``message.tool_calls`` with ``content: null`` and ``finish_reason: "tool_calls"``,
-  or, streamed, a first ``delta.tool_calls`` with ``index``, ``id``, ``type``,
-  ``function.name`` and ``arguments: ""``, then the arguments in fragments.
+  (``{"name": ..., "arguments": {...}}``), the arguments of the one function the
+  client named, or (``auto``) text in which the model may call tools itself. The
+  engines turn that schema into a grammar (llama) or into :func:`minimal_instance`
+  (the fake engine).
 
 Validation rules (OpenAI's, where it has them):
 
@@ -33,9 +29,10 @@ Validation rules (OpenAI's, where it has them):
   ``parameters`` an object schema (absent: no arguments).
 - ``tool_choice`` is ``"none"``, ``"auto"``, ``"required"`` or ``{"type":
   "function", "function": {"name"}}`` naming one of the tools; absent, it is
-  ``"auto"`` with tools and ``"none"`` without.
-- One call per reply: ``parallel_tool_calls: true`` is refused where the model
-  could choose between several tools (``auto``, ``required``).
+  ``"auto"`` with tools and ``"none"`` without. ``"none"`` drops the tools.
+- A grammar writes one call: ``parallel_tool_calls: true`` is refused with
+  ``tool_choice: "required"`` and several tools. With ``auto`` the model may call
+  several tools, or only one with ``parallel_tool_calls: false``.
 - The deprecated ``functions`` and ``function_call`` are refused with a pointer to
   ``tools``.
 """
@@ -43,30 +40,22 @@ Validation rules (OpenAI's, where it has them):
 from __future__ import annotations
 
 import enum
-import functools
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from rawstream.sansio.openai import (
     DEFAULT_MAX_MESSAGES,
-    DONE,
     APIError,
-    ChunkEncoder,
     CompletionRequest,
-    Kind,
     chat_completion_from_json,
-    error_for_result,
-    usage_json,
 )
 from rawstream.sansio.values import (
     ChatMessage,
-    FinishReason,
     GenerationRequest,
     JsonFormat,
-    Result,
     Tool,
     ToolCall,
     ToolChoice,
@@ -75,22 +64,16 @@ from rawstream.sansio.values import (
 
 __all__ = [
     "MAX_TOOLS",
-    "CallArguments",
-    "CallDecoder",
-    "CallStart",
+    "NO_PARAMETERS",
     "Reply",
-    "ToolCallChunkEncoder",
-    "body_of",
     "call_id",
     "call_schema",
-    "chunk_encoder",
     "minimal_instance",
     "minimal_reply",
     "output_schema",
     "parse_chat_completion",
     "reply_kind",
     "structured_chat_completion",
-    "tool_call_body",
 ]
 
 #: Most tools one request may offer (OpenAI's limit).
@@ -99,8 +82,6 @@ MAX_TOOLS = 128
 #: underscores and dashes, with a maximum length of 64").
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _COMPACT = (",", ":")
-#: Writes a non-streaming body (the keywords of ``chat_completion_body``).
-BodyWriter = Callable[..., bytes]
 #: Parameters of a function that declares none.
 NO_PARAMETERS = '{"type":"object","properties":{}}'
 
@@ -118,14 +99,20 @@ class Reply(enum.StrEnum):
     TEXT = "text"  #: free text (maybe JSON, by the model's choice or by json_format)
     CALL = "call"  #: ``{"name": <a tool>, "arguments": {...}}`` (``tool_choice: required``)
     ARGUMENTS = "arguments"  #: the arguments of the function ``tool_choice`` names
+    #: ``tool_choice: auto``: text, in which the model may call tools the way its
+    #: chat template taught it (``<tool_call>{"name", "arguments"}</tool_call>``).
+    AUTO = "auto"
 
 
 def reply_kind(request: GenerationRequest) -> Reply:
     """Whether ``request``'s reply is text or a tool call, and in which form."""
-    if request.tool_choice.mode is ToolMode.FUNCTION:
+    mode = request.tool_choice.mode
+    if mode is ToolMode.FUNCTION:
         return Reply.ARGUMENTS
-    if request.tool_choice.mode is ToolMode.REQUIRED:
+    if mode is ToolMode.REQUIRED:
         return Reply.CALL
+    if mode is ToolMode.AUTO and request.tools:
+        return Reply.AUTO
     return Reply.TEXT
 
 
@@ -134,12 +121,16 @@ def output_schema(request: GenerationRequest) -> dict[str, Any] | None:
 
     A forced tool call wins over ``json_format``: the reply is then the call, as
     :class:`Reply` describes. ``json_format`` without a schema is any JSON object.
+    With ``auto`` the reply is free (the model decides whether to call), so
+    ``json_format`` is not enforced then.
     """
     kind = reply_kind(request)
     if kind is Reply.ARGUMENTS:
         return _parameters(_named_tool(request))
     if kind is Reply.CALL:
         return call_schema(request.tools)
+    if kind is Reply.AUTO:
+        return None
     if request.json_format is not None:
         if request.json_format.schema is None:
             return {"type": "object"}
@@ -177,10 +168,11 @@ def _named_tool(request: GenerationRequest) -> Tool:
     raise ValueError(f"no tool named {name!r}")
 
 
-def call_id(response_id: str) -> str:
-    """The id of the (one) tool call of a response: ``call_`` and the response's
-    random part, so it is as unique as the response id."""
-    return "call_" + response_id.rpartition("-")[2]
+def call_id(response_id: str, index: int = 0) -> str:
+    """The id of call ``index`` of a response: ``call_`` and the response's random
+    part (then ``_<index>`` after the first), so it is as unique as the response id."""
+    random_part = response_id.rpartition("-")[2]
+    return f"call_{random_part}" if index == 0 else f"call_{random_part}_{index}"
 
 
 # --- the minimal instance of a schema (the fake engine's reply) ------------------------
@@ -323,7 +315,7 @@ def structured_chat_completion(
             _invalid(old, f"{old} is deprecated and not supported: use tools and tool_choice")
     tools = _tools(obj.get("tools"))
     choice = _tool_choice(obj.get("tool_choice"), tools)
-    _parallel(obj.get("parallel_tool_calls"), tools, choice)
+    choice = replace(choice, parallel=_parallel(obj.get("parallel_tool_calls"), tools, choice))
     generation = request.generation
     assert generation.messages is not None
     messages = _tool_messages(obj["messages"], generation.messages)
@@ -482,19 +474,19 @@ def _tool_choice(value: object, tools: tuple[Tool, ...]) -> ToolChoice:
     return choice
 
 
-def _parallel(value: object, tools: tuple[Tool, ...], choice: ToolChoice) -> None:
+def _parallel(value: object, tools: tuple[Tool, ...], choice: ToolChoice) -> bool:
     if value is None:
-        return
+        return True  # OpenAI's default
     if not isinstance(value, bool):
         _invalid("parallel_tool_calls", "parallel_tool_calls must be a boolean", "invalid_type")
-    several = len(tools) > 1 and choice.mode in (ToolMode.AUTO, ToolMode.REQUIRED)
-    if value and several:
+    if value and choice.mode is ToolMode.REQUIRED and len(tools) > 1:
         _invalid(
             "parallel_tool_calls",
-            "this server makes at most one tool call per reply: set parallel_tool_calls "
-            "to false, or name the function in tool_choice",
+            "with tool_choice 'required' this server makes exactly one call per reply: "
+            "set parallel_tool_calls to false, or leave it out",
             code="unsupported_parameter",
         )
+    return value
 
 
 def _tool_messages(items: list[Any], messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
@@ -538,300 +530,3 @@ def _calls(where: str, value: object) -> tuple[ToolCall, ...]:
             )
         )
     return tuple(calls)
-
-
-# --- reading the engine's text ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CallStart:
-    """The call's function is known: ``name``."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class CallArguments:
-    """A fragment of the call's ``arguments`` (JSON text); the fragments joined are
-    the whole arguments."""
-
-    text: str
-
-
-#: The head of a call as the grammar of :func:`call_schema` lets a model write it:
-#: ``{"name": "<name>", "arguments": `` with optional whitespace between the tokens.
-_CALL_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*')
-#: What may follow the arguments of such a call: the closing brace and whitespace.
-_CALL_TAIL = re.compile(r"\s*\}?\s*\Z")
-_TRAILING_SPACE = re.compile(r"\s*\Z")
-
-
-class CallDecoder:
-    """Turns the text of a forced call, as it streams, into :class:`CallStart` and
-    :class:`CallArguments`.
-
-    ``kind`` is :attr:`Reply.ARGUMENTS` (the text is the arguments of ``name``) or
-    :attr:`Reply.CALL` (the text is ``{"name": ..., "arguments": ...}``). Feed it
-    each delta's text with :meth:`feed`, then call :meth:`finish`; each returns the
-    events to send. Text that could still be the end of the wrapper (a closing
-    brace, whitespace) is held back until more arrives, so the fragments joined
-    are exactly the arguments, without trailing whitespace.
-    """
-
-    __slots__ = ("_arguments", "_buffer", "_kind", "_started", "name")
-
-    def __init__(self, kind: Reply, name: str | None = None) -> None:
-        if kind is Reply.TEXT:
-            raise ValueError("a text reply has no call to decode")
-        self._kind = kind
-        #: The function's name, once known.
-        self.name = name if kind is Reply.ARGUMENTS else None
-        self._started = False
-        self._arguments = False  # whether a fragment of the arguments was given
-        self._buffer = ""
-
-    @property
-    def started(self) -> bool:
-        """Whether :class:`CallStart` was given."""
-        return self._started
-
-    def feed(self, text: str) -> list[CallStart | CallArguments]:
-        """The events of the text so far."""
-        self._buffer += text
-        events: list[CallStart | CallArguments] = []
-        if not self._started:
-            if not self._start():
-                return events
-            assert self.name is not None
-            events.append(CallStart(self.name))
-        if not self._arguments:  # whitespace the grammar allows before them
-            self._buffer = self._buffer.lstrip()
-        tail = _CALL_TAIL if self._kind is Reply.CALL else _TRAILING_SPACE
-        cut = tail.search(self._buffer)
-        keep = cut.start() if cut is not None else len(self._buffer)
-        if keep:
-            events.append(CallArguments(self._buffer[:keep]))
-            self._buffer = self._buffer[keep:]
-            self._arguments = True
-        return events
-
-    def finish(self) -> list[CallStart | CallArguments]:
-        """The last events: what was held back, less the wrapper's closing brace."""
-        events: list[CallStart | CallArguments] = []
-        if not self._started:
-            if not self._start():
-                return events
-            assert self.name is not None
-            events.append(CallStart(self.name))
-        rest = self._buffer.strip() if not self._arguments else self._buffer.rstrip()
-        if self._kind is Reply.CALL and rest.endswith("}"):
-            rest = rest[:-1].rstrip()
-        self._buffer = ""
-        if rest:
-            events.append(CallArguments(rest))
-        return events
-
-    def _start(self) -> bool:
-        if self._kind is Reply.ARGUMENTS:
-            if not self._buffer.strip():
-                return False
-        else:
-            head = _CALL_HEAD.match(self._buffer)
-            if head is None:
-                return False
-            self.name = str(json.loads(head.group(1)))
-            self._buffer = self._buffer[head.end() :]
-        self._started = True
-        return True
-
-
-def decode_call(kind: Reply, name: str | None, text: str) -> ToolCall | None:
-    """The call in the whole ``text`` (``None`` if it has not got as far as its
-    name); ``id`` is left empty for the caller."""
-    decoder = CallDecoder(kind, name)
-    events = decoder.feed(text) + decoder.finish()
-    if not decoder.started:
-        return None
-    assert decoder.name is not None
-    arguments = "".join(e.text for e in events if isinstance(e, CallArguments))
-    return ToolCall("", decoder.name, arguments)
-
-
-def _finish_reason(result: Result, called: bool) -> str:
-    if result.finish_reason is FinishReason.STOP:
-        return "tool_calls" if called else "stop"
-    if result.finish_reason is FinishReason.LENGTH:
-        return "length"
-    raise ValueError(f"{result.finish_reason} is not an OpenAI finish reason")
-
-
-# --- responses --------------------------------------------------------------------------
-
-
-def _call_json(call: ToolCall) -> dict[str, Any]:
-    return {
-        "id": call.id,
-        "type": "function",
-        "function": {"name": call.name, "arguments": call.arguments},
-    }
-
-
-def body_of(request: GenerationRequest, default: BodyWriter) -> BodyWriter:
-    """The writer of ``request``'s non-streaming body: :func:`tool_call_body` for a
-    forced call, else ``default`` (e.g. :func:`~rawstream.sansio.openai.chat_completion_body`)."""
-    if reply_kind(request) is Reply.TEXT:
-        return default
-    return functools.partial(tool_call_body, request=request)
-
-
-def chunk_encoder(
-    request: CompletionRequest, *, id: str, created: int, model: str, include_usage: bool = False
-) -> ChunkEncoder | ToolCallChunkEncoder:
-    """The encoder of ``request``'s stream: :class:`ToolCallChunkEncoder` for a forced
-    call, else :class:`~rawstream.sansio.openai.ChunkEncoder`."""
-    if request.kind is Kind.CHAT and reply_kind(request.generation) is not Reply.TEXT:
-        return ToolCallChunkEncoder(
-            request.generation, id=id, created=created, model=model, include_usage=include_usage
-        )
-    return ChunkEncoder(
-        request.kind, id=id, created=created, model=model, include_usage=include_usage
-    )
-
-
-def tool_call_body(
-    *,
-    id: str,
-    created: int,
-    model: str,
-    text: str,
-    result: Result,
-    request: GenerationRequest,
-    logprobs: object = None,
-) -> bytes:
-    """A non-streaming ``chat.completion`` whose reply is a forced call.
-
-    ``message.content`` is ``null`` and ``message.tool_calls`` holds the call (its
-    id from :func:`call_id`); ``finish_reason`` is ``tool_calls``, or ``length``
-    when ``max_tokens`` cut it (the arguments are then incomplete JSON, as
-    OpenAI's would be). ``result`` must have finished (:func:`error_for_result`).
-    Log-probabilities, if passed, are not reported for a call (``logprobs: null``).
-    """
-    kind = reply_kind(request)
-    call = decode_call(kind, request.tool_choice.name, text)
-    message: dict[str, Any] = {"role": "assistant", "content": None}
-    if call is not None:
-        message["tool_calls"] = [_call_json(replace(call, id=call_id(id)))]
-    body = {
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": _finish_reason(result, call is not None),
-            }
-        ],
-        "usage": usage_json(result.usage),
-    }
-    return json.dumps(body, separators=_COMPACT).encode()
-
-
-class ToolCallChunkEncoder:
-    """Encodes a streamed reply that is a forced call, as OpenAI streams calls.
-
-    The same protocol as :class:`~rawstream.sansio.openai.ChunkEncoder`:
-    :meth:`start`, :meth:`delta` per piece of the engine's text, :meth:`finish`
-    (or :meth:`error`). :meth:`delta` may return ``b""`` while the text says
-    nothing yet (the call's name is incomplete): send nothing then.
-
-    The chunks: ``{"role": "assistant", "content": null}`` first; once the name is
-    known, ``{"tool_calls": [{"index": 0, "id", "type": "function", "function":
-    {"name", "arguments": ""}}]}``; then ``{"tool_calls": [{"index": 0, "function":
-    {"arguments": <fragment>}}]}`` per fragment; the finish chunk with
-    ``finish_reason: "tool_calls"`` (``length`` when cut), the usage chunk if asked
-    for, ``[DONE]``.
-    """
-
-    __slots__ = ("_decoder", "_done", "_id", "_include_usage", "_template")
-
-    def __init__(
-        self,
-        request: GenerationRequest,
-        *,
-        id: str,
-        created: int,
-        model: str,
-        include_usage: bool = False,
-    ) -> None:
-        self._decoder = CallDecoder(reply_kind(request), request.tool_choice.name)
-        self._id = call_id(id)
-        self._include_usage = include_usage
-        self._done = False
-        self._template: dict[str, Any] = {
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-        }
-
-    def _event(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        chunk: dict[str, Any] = {**self._template, "choices": [choice]}
-        if self._include_usage:
-            chunk["usage"] = None
-        return b"data: " + json.dumps(chunk, separators=_COMPACT).encode() + b"\n\n"
-
-    def _events(self, events: list[CallStart | CallArguments]) -> bytes:
-        parts = []
-        for event in events:
-            if isinstance(event, CallStart):
-                call: dict[str, Any] = {
-                    "index": 0,
-                    "id": self._id,
-                    "type": "function",
-                    "function": {"name": event.name, "arguments": ""},
-                }
-            else:
-                call = {"index": 0, "function": {"arguments": event.text}}
-            parts.append(self._event({"tool_calls": [call]}))
-        return b"".join(parts)
-
-    def _check_open(self) -> None:
-        if self._done:
-            raise ValueError("the stream has already ended")
-
-    def start(self) -> bytes:
-        """The first event: the assistant's role, with no content."""
-        self._check_open()
-        return self._event({"role": "assistant", "content": None})
-
-    def delta(self, text: str, *_: object) -> bytes:
-        """The events of one piece of text (maybe none: ``b""``). Log-probabilities,
-        if passed, are not reported for a call."""
-        self._check_open()
-        return self._events(self._decoder.feed(text))
-
-    def finish(self, result: Result) -> bytes:
-        """The rest of the call, the finish chunk, usage and ``[DONE]``; or, for a
-        stream that did not finish, the error event of :func:`error_for_result`."""
-        error = error_for_result(result)
-        if error is not None:
-            return self.error(error)
-        self._check_open()
-        self._done = True
-        parts = [self._events(self._decoder.finish())]
-        parts.append(self._event({}, _finish_reason(result, self._decoder.started)))
-        if self._include_usage:
-            usage = {**self._template, "choices": [], "usage": usage_json(result.usage)}
-            parts.append(b"data: " + json.dumps(usage, separators=_COMPACT).encode() + b"\n\n")
-        parts.append(DONE)
-        return b"".join(parts)
-
-    def error(self, error: APIError) -> bytes:
-        """End the stream with an error event; no ``[DONE]``."""
-        self._check_open()
-        self._done = True
-        return error.sse()

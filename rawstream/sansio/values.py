@@ -107,6 +107,9 @@ class ToolChoice:
 
     mode: ToolMode = ToolMode.AUTO
     name: str | None = None
+    #: Whether a reply may hold several calls (OpenAI's ``parallel_tool_calls``).
+    #: A forced call is always one: its grammar writes one.
+    parallel: bool = True
 
     def __post_init__(self) -> None:
         if (self.mode is ToolMode.FUNCTION) != (self.name is not None):
