@@ -37,9 +37,25 @@ from rawstream.engine.backend import LlamaBackend
 from rawstream.engine.base import GenerationRequest
 from rawstream.engine.chat import InvalidConstraint
 from rawstream.engine.sampling import build_sampler_chain
-from rawstream.sansio.tools import Reply, output_schema, reply_kind
+from rawstream.sansio.tools import (
+    MAX_REPETITIONS,
+    Reply,
+    excess_count,
+    output_schema,
+    reply_kind,
+)
 
-__all__ = ["GrammarBackend", "InvalidConstraint", "request_grammar", "schema_grammar"]
+__all__ = [
+    "MAX_GRAMMAR_CHARS",
+    "GrammarBackend",
+    "InvalidConstraint",
+    "request_grammar",
+    "schema_grammar",
+]
+
+#: Longest grammar (in characters) a request may bring: its size is what llama.cpp
+#: parses and what the grammar sampler walks.
+MAX_GRAMMAR_CHARS = 256 * 1024
 
 
 def request_grammar(request: GenerationRequest) -> str | None:
@@ -55,18 +71,43 @@ def request_grammar(request: GenerationRequest) -> str | None:
     param = "response_format" if kind is Reply.TEXT else "tools"
     if kind is not Reply.CALL:
         return schema_grammar(schema, param=param)
-    return _call_grammar(schema["anyOf"], param)
+    _check_counts(schema, param)
+    return _checked_size(_call_grammar(schema["anyOf"], param), param)
 
 
 def schema_grammar(schema: dict[str, Any], *, param: str = "response_format") -> str:
     """The GBNF grammar (root rule ``root``) of the instances of ``schema``."""
+    _check_counts(schema, param)
     converter = _converter()
     try:
         resolved = converter.resolve_refs(schema, "")
         converter.visit(resolved, "")
-        return str(converter.format_grammar())
+        grammar = str(converter.format_grammar())
     except Exception as exc:  # the converter signals with asserts, KeyError, ...
         raise _cannot(param, exc) from exc
+    return _checked_size(grammar, param)
+
+
+def _check_counts(schema: Any, param: str) -> None:
+    """Refuse a repetition count above ``MAX_REPETITIONS`` (the API refuses it too,
+    but the engine is also a library)."""
+    excess = excess_count(schema)
+    if excess is not None:
+        raise InvalidConstraint(
+            f"{excess[0]} is {excess[1]} in the JSON schema of {param}; this server "
+            f"enforces at most {MAX_REPETITIONS}",
+            param,
+        )
+
+
+def _checked_size(grammar: str, param: str) -> str:
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise InvalidConstraint(
+            f"the JSON schema of {param} makes a grammar of {len(grammar)} characters; "
+            f"this server enforces at most {MAX_GRAMMAR_CHARS}",
+            param,
+        )
+    return grammar
 
 
 def _call_grammar(alternatives: list[dict[str, Any]], param: str) -> str:

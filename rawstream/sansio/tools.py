@@ -22,8 +22,10 @@ Validation rules (OpenAI's, where it has them):
   "json_object"}`` (any JSON object) or ``{"type": "json_schema", "json_schema":
   {"name", "schema", "strict", "description"}}``. ``name`` is 1 to 64 of
   ``a-z A-Z 0-9 _ -``; the schema is a JSON object whose root describes an object
-  (``"type": "object"``), as OpenAI requires for structured outputs. Whether the
-  rest of the schema can be enforced is for the engine to say (also a 400).
+  (``"type": "object"``), as OpenAI requires for structured outputs, with no
+  ``minItems``, ``maxItems``, ``minLength`` or ``maxLength`` above
+  :data:`MAX_REPETITIONS`. Whether the rest of the schema can be enforced is for
+  the engine to say (also a 400).
 - ``tools`` holds at most :data:`MAX_TOOLS` ``{"type": "function", "function":
   {"name", "description", "parameters", "strict"}}``; names as above and distinct;
   ``parameters`` an object schema (absent: no arguments).
@@ -63,11 +65,13 @@ from rawstream.sansio.values import (
 )
 
 __all__ = [
+    "MAX_REPETITIONS",
     "MAX_TOOLS",
     "NO_PARAMETERS",
     "Reply",
     "call_id",
     "call_schema",
+    "excess_count",
     "minimal_instance",
     "minimal_reply",
     "output_schema",
@@ -82,6 +86,12 @@ MAX_TOOLS = 128
 #: underscores and dashes, with a maximum length of 64").
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _COMPACT = (",", ":")
+#: Largest ``minItems``, ``maxItems``, ``minLength`` or ``maxLength`` a schema may
+#: set. A grammar writes a repetition out in full, a rule per item, so a count of
+#: 10**9 would take gigabytes to convert (and the fake engine's reply as much);
+#: llama.cpp's own grammar parser refuses repetitions beyond 2,000.
+MAX_REPETITIONS = 1000
+_COUNTS = ("minItems", "maxItems", "minLength", "maxLength")
 #: Parameters of a function that declares none.
 NO_PARAMETERS = '{"type":"object","properties":{}}'
 
@@ -153,6 +163,23 @@ def call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
             for tool in tools
         ]
     }
+
+
+def excess_count(schema: object) -> tuple[str, float] | None:
+    """The first repetition count above :data:`MAX_REPETITIONS` in ``schema`` (the
+    keyword and its value), or ``None``."""
+    todo = [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo += node
+        elif isinstance(node, dict):
+            for key in _COUNTS:
+                count = node.get(key)
+                if isinstance(count, int | float) and count > MAX_REPETITIONS:
+                    return key, count
+            todo += node.values()
+    return None
 
 
 def _parameters(tool: Tool) -> dict[str, Any]:
@@ -231,13 +258,13 @@ def _instance(schema: Any, root: Mapping[str, Any], depth: int) -> Any:
     if kind == "array":
         prefix = schema.get("prefixItems") or []
         items = [_instance(s, root, depth + 1) for s in prefix]
-        need = max(0, int(schema.get("minItems", 0)) - len(items))
+        need = max(0, min(int(schema.get("minItems", 0)), MAX_REPETITIONS) - len(items))
         items += [_instance(schema.get("items", {}), root, depth + 1) for _ in range(need)]
         return items
     if kind == "string":
         if schema.get("format") in _FORMATS:
             return _FORMATS[schema["format"]]
-        length = max(int(schema.get("minLength", 1)), 0)
+        length = min(max(int(schema.get("minLength", 1)), 0), MAX_REPETITIONS)
         return "x" * min(length, int(schema.get("maxLength", length)))
     if kind in ("integer", "number"):
         return _number(schema, integer=kind == "integer")
@@ -363,6 +390,14 @@ def _schema_text(param: str, schema: object) -> str:
         _invalid(
             param,
             f'the root of {param} must be an object schema ("type": "object"), got type {kind!r}',
+            code="invalid_json_schema",
+        )
+    excess = excess_count(schema)
+    if excess is not None:
+        _invalid(
+            param,
+            f"{excess[0]} is {excess[1]} in {param}; this server enforces at most "
+            f"{MAX_REPETITIONS}",
             code="invalid_json_schema",
         )
     try:

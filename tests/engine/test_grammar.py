@@ -14,6 +14,7 @@ import asyncio
 import json
 import statistics
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -144,6 +145,32 @@ def test_a_schema_the_converter_cannot_express_is_a_400(schema: dict[str, Any]) 
         "invalid_request_error",
     )
     assert "cannot be enforced" in str(refused)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"a": {"type": "array", "minItems": 100_000}}},
+        {"type": "object", "properties": {"a": {"type": "string", "maxLength": 10**9}}},
+        {"type": "object", "properties": {"a": {"anyOf": [{"maxItems": 5000}]}}},
+    ],
+)
+def test_a_schema_too_big_to_enforce_is_refused_before_it_is_converted(
+    schema: dict[str, Any],
+) -> None:
+    # The converter writes a repetition out in full: a count of 10**9 would take
+    # gigabytes before any check of the grammar's size could run.
+    with pytest.raises(InvalidConstraint, match="at most") as info:
+        request_grammar(constrained(schema))
+    assert info.value.param == "response_format"
+
+
+def test_a_grammar_too_long_is_refused() -> None:
+    many = {
+        f"p{i}": {"type": "array", "items": {"type": "integer"}, "minItems": 900} for i in range(20)
+    }
+    with pytest.raises(InvalidConstraint, match="characters"):
+        request_grammar(constrained({"type": "object", "properties": many, "required": list(many)}))
 
 
 def test_free_text_has_no_grammar_and_json_object_is_any_object() -> None:
@@ -458,3 +485,21 @@ async def test_grammar_cost_to_the_other_streams(engine: LlamaEngine) -> None:
         + ", ".join(f"{name} {rate:.1f}" for name, rate in figures.items())
     )
     assert all(rate > 0 for rate in figures.values())
+
+
+@pytest.mark.model
+@pytest.mark.asyncio(loop_scope="module")
+async def test_auto_is_for_a_template_that_writes_tools(engine: LlamaEngine) -> None:
+    auto = call(ToolChoice(ToolMode.AUTO))
+    with pytest.raises(InvalidConstraint):
+        await engine.submit(auto)
+    bundled = engine._template
+    engine._template = ChatTemplate(WITH_TOOLS)  # as a model whose template has tools
+    try:
+        assert engine._backend is not None
+        text = b"".join(engine._backend.piece(t) for t in engine._tokenize(auto)).decode()
+        assert '"name": "get_weather"' in text and "<tools>" in text
+        reply, result = await run(engine, replace(auto, max_tokens=5))
+        assert result.finish_reason is FinishReason.LENGTH and reply  # free text: no grammar
+    finally:
+        engine._template = bundled

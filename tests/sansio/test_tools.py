@@ -345,6 +345,28 @@ def test_minimal_instance(schema: dict[str, Any], instance: Any) -> None:
     json_schema.check(instance, schema)
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+            "type": "object", "properties": {"a": {"type": "array", "minItems": 10**9}}}}}},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"a": {"type": "string", "maxLength": 1001}}}}}]},
+    ],
+)  # fmt: skip
+def test_repetitions_beyond_the_bound_are_refused(fields: dict[str, Any]) -> None:
+    # A grammar (and the fake engine's reply) writes them out in full.
+    refused = error(**fields)
+    assert refused.code == "invalid_json_schema" and "at most 1000" in refused.message
+    assert refused.param in ("response_format", "tools[0].function.parameters")
+
+
+def test_minimal_instance_stays_small_whatever_the_counts() -> None:
+    huge = {"type": "array", "items": {"type": "string", "minLength": 10**9}, "minItems": 10**9}
+    value = minimal_instance(huge)
+    assert len(value) == 1000 and len(value[0]) == 1000
+
+
 def test_minimal_instance_of_a_recursive_schema_ends() -> None:
     tree = {
         "type": "object",
