@@ -77,8 +77,14 @@ from rawstream.app.generation import Generation
 from rawstream.app.openai_api import engine_error, respond_error
 from rawstream.app.services import Services
 from rawstream.engine.base import EngineError, FinishReason, Result
+from rawstream.sansio import tools
 from rawstream.sansio.auth import Identity
-from rawstream.sansio.openai import APIError, error_for_result, parse_chat_completion, usage_json
+from rawstream.sansio.openai import (
+    APIError,
+    error_for_result,
+    refuse_beyond_text,
+    usage_json,
+)
 from rawstream.server.exchange import Exchange
 
 if TYPE_CHECKING:
@@ -222,7 +228,10 @@ class Generations:
         """``POST /v1/generations``."""
         limit = self.config.max_messages
         request = await self.app.bodies.parse(
-            exchange, lambda body: parse_chat_completion(body, max_messages=limit)
+            exchange,
+            lambda body: refuse_beyond_text(
+                tools.parse_chat_completion(body, max_messages=limit), "/v1/generations"
+            ),
         )
         refusal = self._unwatched_refusal(identity)
         if refusal is not None:

@@ -99,6 +99,7 @@ __all__ = [
     "models_body",
     "parse_chat_completion",
     "parse_completion",
+    "refuse_beyond_text",
     "text_completion_body",
     "usage_json",
 ]
@@ -212,6 +213,29 @@ class CompletionRequest:
     def __str__(self) -> str:
         mode = "stream+usage" if self.include_usage else "stream" if self.stream else "whole"
         return f"<{self.kind} model={self.model!r} {mode}>"
+
+
+def refuse_beyond_text(request: CompletionRequest, endpoint: str) -> CompletionRequest:
+    """``request``, unless it asks for what a stream of plain text deltas cannot carry.
+
+    ``/v1/ws`` deltas and the events of ``/v1/generations`` hold text only: a request
+    for log-probabilities or tool calls there is a 400, never answered without them.
+    (A ``response_format`` is fine: its reply is text too.)
+    """
+    wanted = request.generation
+    if wanted.logprobs is not None:
+        _invalid(
+            "logprobs",
+            f"logprobs are not sent on {endpoint}; use POST /v1/chat/completions",
+            code="unsupported_parameter",
+        )
+    if wanted.tools:
+        _invalid(
+            "tools",
+            f"tool calls are not sent on {endpoint}; use POST /v1/chat/completions",
+            code="unsupported_parameter",
+        )
+    return request
 
 
 # --- parsing ---------------------------------------------------------------------------

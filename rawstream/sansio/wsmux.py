@@ -77,8 +77,9 @@ from rawstream.sansio.openai import (
     DEFAULT_MAX_MESSAGES,
     APIError,
     CompletionRequest,
-    chat_completion_from_json,
+    refuse_beyond_text,
 )
+from rawstream.sansio.tools import structured_chat_completion
 from rawstream.sansio.values import FinishReason, Result
 
 __all__ = [
@@ -258,7 +259,9 @@ def _parse_generate(
         return id
     body = {key: value for key, value in obj.items() if key not in _NOT_BODY}
     try:
-        request = chat_completion_from_json(body, max_messages=max_messages)
+        request = refuse_beyond_text(
+            structured_chat_completion(body, max_messages=max_messages), "/v1/ws"
+        )
     except APIError as exc:
         return Rejected(id, exc.message, type=exc.type, code=exc.code, param=exc.param)
     return Generate(id, request)

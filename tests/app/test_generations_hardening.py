@@ -325,3 +325,30 @@ async def test_finished_generations_kept_are_capped(fake_app: FakeAppFactory) ->
             await view(client, ids[-1])
         assert list(running.app.generations.logs) == ids[1:]
         assert (await client.get(f"/v1/generations/{ids[0]}/events")).status_code == 404
+
+
+#: The parameters schema of a function that takes none.
+OBJECT = {"type": "object", "properties": {}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logprobs": True}, "logprobs"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": OBJECT}}]},
+            "tools",
+        ),
+    ],
+)
+async def test_what_events_cannot_carry_is_refused(
+    fake_app: FakeAppFactory, extra: dict[str, object], param: str
+) -> None:
+    """Generation events hold text: logprobs or tool calls asked for there are a 400."""
+    async with fake_app() as running, client_for(running) as client:
+        body = {"messages": [{"role": "user", "content": "hi"}], **extra}
+        response = await client.post("/v1/generations", json=body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == (param, "unsupported_parameter")
+        assert running.engine.requests == []

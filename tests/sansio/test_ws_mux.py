@@ -112,6 +112,10 @@ def test_valid_id_edges() -> None:
         assert isinstance(message, Generate) and message.id == id
 
 
+#: The parameters schema of a function that takes none.
+OBJECT = {"type": "object", "properties": {}}
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
@@ -120,6 +124,12 @@ def test_valid_id_edges() -> None:
         ({"messages": []}, "messages"),
         ({"messages": None}, "messages"),
         ({"max_tokens": True}, "max_tokens"),
+        # Deltas carry text only: what they cannot carry is refused, never dropped.
+        ({"logprobs": True}, "logprobs"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": OBJECT}}]},
+            "tools",
+        ),
     ],
 )
 def test_bad_generate_parameters_are_rejected_per_stream(
