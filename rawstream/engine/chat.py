@@ -252,8 +252,9 @@ class ChatTemplate:
         return messages, {"tools": [_tool_json(tool) for tool in tools]}
 
     def _dicts(self, messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+        called = _call_names(messages)
         return [
-            {"role": m.role, "content": m.content, **(_tool_fields(m, messages))} for m in messages
+            {"role": m.role, "content": m.content, **(_tool_fields(m, called))} for m in messages
         ]
 
     def _render(
@@ -364,8 +365,9 @@ def _tool_json(tool: Tool) -> dict[str, Any]:
     }
 
 
-def _tool_fields(message: ChatMessage, messages: Sequence[ChatMessage] = ()) -> dict[str, Any]:
-    """The tool keys of a message's dict, in Hugging Face's shape (none if none)."""
+def _tool_fields(message: ChatMessage, called: dict[str, str] | None = None) -> dict[str, Any]:
+    """The tool keys of a message's dict, in Hugging Face's shape (none if none);
+    ``called`` maps call ids to their functions (:func:`_call_names`)."""
     fields: dict[str, Any] = {}
     if message.tool_calls:
         fields["tool_calls"] = [
@@ -378,19 +380,16 @@ def _tool_fields(message: ChatMessage, messages: Sequence[ChatMessage] = ()) -> 
         ]
     if message.tool_call_id is not None:
         fields["tool_call_id"] = message.tool_call_id
-        name = _called(message.tool_call_id, messages)
+        name = (called or {}).get(message.tool_call_id)
         if name is not None:
             fields["name"] = name
     return fields
 
 
-def _called(call_id: str, messages: Sequence[ChatMessage]) -> str | None:
-    """The function of the call ``call_id`` among ``messages``' calls."""
-    for message in messages:
-        for call in message.tool_calls:
-            if call.id == call_id:
-                return call.name
-    return None
+def _call_names(messages: Sequence[ChatMessage]) -> dict[str, str]:
+    """The function of every call among ``messages``, by the call's id (one pass, so
+    a chat of many results costs no more than one of few)."""
+    return {call.id: call.name for message in messages for call in message.tool_calls}
 
 
 def call_text(call: ToolCall) -> str:
@@ -435,13 +434,14 @@ def messages_for_template(
     message ``Result of <function> (call <id>):`` and the result.
     """
     out: list[ChatMessage] = []
+    called = _call_names(messages)
     for message in messages:
         if message.tool_calls:
             calls = "\n".join(call_text(call) for call in message.tool_calls)
             content = f"{message.content}\n{calls}" if message.content else calls
             message = ChatMessage(message.role, content)
         elif message.role == "tool" or message.tool_call_id is not None:
-            name = _called(message.tool_call_id or "", messages) or "a function"
+            name = called.get(message.tool_call_id or "", "a function")
             head = f"Result of {name} (call {message.tool_call_id}):"
             message = ChatMessage("user", f"{head}\n{message.content}")
         out.append(message)
