@@ -30,8 +30,9 @@ def _is(value: Any, kind: str) -> bool:
     return isinstance(value, _TYPES[kind])
 
 
-def errors(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None,
-           path: str = "$") -> list[str]:  # fmt: skip
+def errors(
+    value: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None, path: str = "$"
+) -> list[str]:
     """Every way ``value`` fails ``schema``; empty when it is an instance."""
     root = schema if root is None else root
     if "$ref" in schema:

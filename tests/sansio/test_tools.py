@@ -686,3 +686,79 @@ def test_plain_requests_keep_the_plain_encoders() -> None:
                              logprobs=None))  # fmt: skip
     assert body["choices"][0]["finish_reason"] == "tool_calls"
     assert chunk_encoder(plain, id="c-1", created=1, model="m").kind is Kind.CHAT
+
+
+# --- any JSON: parsed, or refused with a 400 ------------------------------------------
+
+LEAVES = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5)
+)
+JSON = st.recursive(
+    LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+NAMES = st.sampled_from(["get_weather", "get_time", "", "a b", None, 3])
+FUNCTION = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": NAMES,
+        "description": JSON,
+        "parameters": st.sampled_from([WEATHER_PARAMETERS, {"type": "object"}]) | JSON,
+        "strict": JSON,
+        "arguments": JSON,
+    },
+)
+TOOL = st.fixed_dictionaries(
+    {"type": st.sampled_from(["function", "x"]) | JSON, "function": FUNCTION | JSON}
+)
+MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "tool", "system"])},
+    optional={
+        "content": st.none() | st.text(max_size=5),
+        "tool_calls": st.lists(
+            st.fixed_dictionaries({"id": JSON, "type": JSON, "function": FUNCTION}), max_size=2
+        )
+        | JSON,
+        "tool_call_id": st.text(max_size=3) | JSON,
+    },
+)
+FIELDS = st.fixed_dictionaries(
+    {"messages": st.lists(MESSAGE, min_size=1, max_size=3)},
+    optional={
+        "tools": st.lists(TOOL, max_size=3) | JSON,
+        "tool_choice": st.sampled_from(["none", "auto", "required"]) | TOOL | JSON,
+        "response_format": st.fixed_dictionaries(
+            {"type": st.sampled_from(["text", "json_object", "json_schema"]) | JSON},
+            optional={
+                "json_schema": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "name": NAMES,
+                        "schema": st.sampled_from([PERSON]) | JSON,
+                        "strict": JSON,
+                    },
+                )
+            },
+        )
+        | JSON,
+        "parallel_tool_calls": JSON,
+    },
+)
+
+
+@given(FIELDS)
+def test_any_json_is_parsed_or_refused_with_a_400(fields: dict[str, Any]) -> None:
+    try:
+        request = structured_chat_completion(fields).generation
+    except APIError as refused:
+        assert refused.status == 400 and refused.param
+        return
+    # What was accepted is coherent: a forced call names offered tools, schemas load.
+    if request.tool_choice.forced:
+        assert request.tools
+    schema = output_schema(request)
+    assert schema is None or isinstance(schema, dict)
+    json.dumps(minimal_instance(schema or {}))
