@@ -28,13 +28,11 @@ one, or whether it stopped at the end-of-generation token instead.
 
 from __future__ import annotations
 
-import math
 import os
 
 from rawstream.app.generation import Generation
-from rawstream.app.openai_api import engine_error
+from rawstream.app.openai_api import retry_after_header, submit_or_refuse
 from rawstream.app.services import Services
-from rawstream.engine.base import EngineError
 from rawstream.sansio.anthropic import (
     MessageEncoder,
     MessagesRequest,
@@ -58,10 +56,7 @@ async def respond_error(
     exchange: Exchange, error: APIError, retry_after: float | None = None
 ) -> None:
     """Answer with Anthropic's error body and status (``Retry-After`` when given)."""
-    headers = []
-    if retry_after is not None:
-        headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
-    await exchange.respond(error_status(error), error_body(error), headers)
+    await exchange.respond(error_status(error), error_body(error), retry_after_header(retry_after))
 
 
 async def messages(app: Services, exchange: Exchange) -> None:
@@ -74,11 +69,8 @@ async def messages(app: Services, exchange: Exchange) -> None:
     except APIError as refused:
         await respond_error(exchange, refused)
         return
-    try:
-        gen = await Generation.submit(app.engine, app.metrics, request.generation)
-    except EngineError as exc:
-        error, retry = engine_error(exc)
-        await respond_error(exchange, error, retry)
+    gen = await submit_or_refuse(app, exchange, request.generation, respond_error)
+    if gen is None:
         return
     async with gen:
         if request.stream:

@@ -74,9 +74,9 @@ import re
 from typing import TYPE_CHECKING
 
 from rawstream.app.generation import Generation
-from rawstream.app.openai_api import engine_error, respond_error
+from rawstream.app.openai_api import respond_error, submit_or_refuse
 from rawstream.app.services import Services
-from rawstream.engine.base import EngineError, FinishReason, Result
+from rawstream.engine.base import FinishReason, Result
 from rawstream.sansio import tools
 from rawstream.sansio.auth import Identity
 from rawstream.sansio.openai import (
@@ -239,15 +239,13 @@ class Generations:
             return
         self._pending[identity] += 1
         try:
-            gen = await Generation.submit(self.app.engine, self.app.metrics, request.generation)
-        except EngineError as exc:
-            error, retry = engine_error(exc)
-            await respond_error(exchange, error, retry)
-            return
+            gen = await submit_or_refuse(self.app, exchange, request.generation)
         finally:
             self._pending[identity] -= 1
             if not self._pending[identity]:
                 del self._pending[identity]
+        if gen is None:
+            return
         gen_id = "gen-" + os.urandom(12).hex()
         entry = GenerationLog(gen_id, identity, self.config.replay_buffer_events)
         entry.generation = gen

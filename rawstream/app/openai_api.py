@@ -26,11 +26,11 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from rawstream.app.generation import Generation
 from rawstream.app.services import Services
-from rawstream.engine.base import EngineError, Overloaded
+from rawstream.engine.base import EngineError, GenerationRequest, Overloaded
 from rawstream.sansio import tool_calls, tools
 from rawstream.sansio.openai import (
     APIError,
@@ -51,14 +51,39 @@ SHUTDOWN_ERROR = APIError(
 ).sse()
 
 
+#: How an API answers an error: the exchange, the error, the Retry-After (seconds).
+Refuse = Callable[[Exchange, APIError, float | None], Awaitable[None]]
+
+
+def retry_after_header(retry_after: float | None) -> list[tuple[bytes, bytes]]:
+    """``Retry-After`` in whole seconds, at least 1 (RFC 9110 section 10.2.3), or none."""
+    if retry_after is None:
+        return []
+    return [(b"retry-after", str(max(1, math.ceil(retry_after))).encode())]
+
+
 async def respond_error(
     exchange: Exchange, error: APIError, retry_after: float | None = None
 ) -> None:
     """Answer with OpenAI's error body (and ``Retry-After`` for 503s that have one)."""
-    headers = []
-    if retry_after is not None:
-        headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
-    await exchange.respond(error.status, error.body(), headers)
+    await exchange.respond(error.status, error.body(), retry_after_header(retry_after))
+
+
+async def submit_or_refuse(
+    app: Services, exchange: Exchange, request: GenerationRequest, refuse: Refuse = respond_error
+) -> Generation | None:
+    """Admit ``request`` to the engine, or answer its refusal and return ``None``.
+
+    The engine refuses before any work (overloaded: 503 with ``Retry-After``; a
+    prompt that does not fit: 400), so no response has started yet. ``refuse``
+    writes the error in the caller's API shape.
+    """
+    try:
+        return await Generation.submit(app.engine, app.metrics, request)
+    except EngineError as exc:
+        error, retry = engine_error(exc)
+        await refuse(exchange, error, retry)
+        return None
 
 
 def engine_error(exc: EngineError) -> tuple[APIError, float | None]:
@@ -91,11 +116,8 @@ async def _completion(
     app: Services, exchange: Exchange, parse: Callable[[bytes], CompletionRequest]
 ) -> None:
     request = await app.bodies.parse(exchange, parse)  # APIError -> 400, in App.handle
-    try:
-        gen = await Generation.submit(app.engine, app.metrics, request.generation)
-    except EngineError as exc:
-        error, retry = engine_error(exc)
-        await respond_error(exchange, error, retry)
+    gen = await submit_or_refuse(app, exchange, request.generation)
+    if gen is None:
         return
     async with gen:
         if request.stream:

@@ -28,9 +28,8 @@ import os
 import time
 
 from rawstream.app.generation import Generation
-from rawstream.app.openai_api import engine_error, respond_error
+from rawstream.app.openai_api import respond_error, submit_or_refuse
 from rawstream.app.services import Services
-from rawstream.engine.base import EngineError
 from rawstream.sansio.openai import APIError, error_for_result
 from rawstream.sansio.responses import (
     ResponseEncoder,
@@ -56,11 +55,8 @@ async def responses(app: Services, exchange: Exchange) -> None:
     request = await app.bodies.parse(
         exchange, lambda body: parse_response_request(body, max_messages=limit)
     )  # APIError -> 400, in App.handle
-    try:
-        gen = await Generation.submit(app.engine, app.metrics, request.generation)
-    except EngineError as exc:
-        error, retry = engine_error(exc)
-        await respond_error(exchange, error, retry)
+    gen = await submit_or_refuse(app, exchange, request.generation)
+    if gen is None:
         return
     response = ResponseObject(
         id=response_id(os.urandom(12)),

@@ -71,11 +71,11 @@ from rawstream.sansio.openai import (
     _bool,
     _int,
     _invalid,
-    _load,
     _number,
     _object,
     _text,
     error_for_result,
+    load_json,
 )
 from rawstream.sansio.sse import encode_event
 from rawstream.sansio.values import ChatMessage, FinishReason, GenerationRequest, Result
@@ -168,7 +168,7 @@ def parse_messages_request(
     body: bytes, *, max_messages: int = DEFAULT_MAX_MESSAGES
 ) -> MessagesRequest:
     """Parse and validate a ``POST /v1/messages`` body."""
-    return messages_request_from_json(_load(body), max_messages=max_messages)
+    return messages_request_from_json(load_json(body), max_messages=max_messages)
 
 
 def messages_request_from_json(

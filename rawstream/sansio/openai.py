@@ -96,6 +96,7 @@ __all__ = [
     "completion_from_json",
     "completion_id",
     "error_for_result",
+    "load_json",
     "models_body",
     "parse_chat_completion",
     "parse_completion",
@@ -245,12 +246,12 @@ def parse_chat_completion(
     body: bytes, *, max_messages: int = DEFAULT_MAX_MESSAGES
 ) -> CompletionRequest:
     """Parse and validate a ``POST /v1/chat/completions`` body."""
-    return chat_completion_from_json(_load(body), max_messages=max_messages)
+    return chat_completion_from_json(load_json(body), max_messages=max_messages)
 
 
 def parse_completion(body: bytes) -> CompletionRequest:
     """Parse and validate a ``POST /v1/completions`` body."""
-    return completion_from_json(_load(body))
+    return completion_from_json(load_json(body))
 
 
 def chat_completion_from_json(
@@ -277,7 +278,12 @@ def completion_from_json(obj: object) -> CompletionRequest:
     return _request(Kind.TEXT, fields, prompt=_text("prompt", prompt))
 
 
-def _load(body: bytes) -> object:
+def load_json(body: bytes) -> object:
+    """Decode a request body as JSON, or raise a 400 :class:`APIError` saying why.
+
+    ``NaN`` and ``Infinity`` are refused (they are not JSON); so are bodies that are
+    not UTF-8, integers too long to convert, and nesting too deep to parse.
+    """
     try:
         return json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:

@@ -72,11 +72,11 @@ from rawstream.sansio.openai import (
     _bool,
     _int,
     _invalid,
-    _load,
     _number,
     _object,
     _text,
     error_for_result,
+    load_json,
 )
 from rawstream.sansio.sse import encode_event
 from rawstream.sansio.values import ChatMessage, FinishReason, GenerationRequest, Result, Usage
@@ -132,7 +132,7 @@ def parse_response_request(
     body: bytes, *, max_messages: int = DEFAULT_MAX_MESSAGES
 ) -> ResponsesRequest:
     """Parse and validate a ``POST /v1/responses`` body."""
-    return response_request_from_json(_load(body), max_messages=max_messages)
+    return response_request_from_json(load_json(body), max_messages=max_messages)
 
 
 def response_request_from_json(

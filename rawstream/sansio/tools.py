@@ -53,6 +53,7 @@ from rawstream.sansio.openai import (
     APIError,
     CompletionRequest,
     chat_completion_from_json,
+    load_json,
 )
 from rawstream.sansio.values import (
     ChatMessage,
@@ -319,15 +320,7 @@ def parse_chat_completion(
     body: bytes, *, max_messages: int = DEFAULT_MAX_MESSAGES
 ) -> CompletionRequest:
     """Parse and validate a ``POST /v1/chat/completions`` body, tools included."""
-    try:
-        obj = json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        raise APIError(400, f"We could not parse the JSON body of your request: {exc}") from None
-    return structured_chat_completion(obj, max_messages=max_messages)
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
+    return structured_chat_completion(load_json(body), max_messages=max_messages)
 
 
 def structured_chat_completion(
